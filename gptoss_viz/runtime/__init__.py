@@ -1,0 +1,1 @@
+"""The hook-instrumented PyTorch runtime: plain PyTorch, no plotting, no UI."""

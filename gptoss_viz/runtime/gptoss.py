@@ -1,0 +1,289 @@
+"""gpt-oss (OpenAI 2025) in plain PyTorch, with a hook point at every tensor the explainer shows.
+
+Facts from ../shared/SPEC.md (checked against OpenAI's reference and Hugging Face transformers):
+pre-RMSNorm blocks; grouped-query attention with biases and one learned sink logit per head; even layers attend
+within a sliding window of 128 keys, odd layers attend to the full causal prefix; RoPE with YaRN (half-split
+pairs); a mixture of experts per layer (router top-k, softmax over the chosen k, clamped SwiGLU experts whose
+weights are stored in MXFP4 and dequantized one expert at a time); untied lm_head.
+
+Dimension letters (shapes are for one sequence; a leading batch dimension B is allowed everywhere):
+    T tokens, d hidden size, H query heads, K key/value heads, D head dim, E experts, k experts per token,
+    I expert width, V vocab, N = number of (token, expert) assignments routed to one expert.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptoss_viz.errors import InputError
+from gptoss_viz.runtime.configs import GptOssConfig
+from gptoss_viz.runtime.hooks import HookedModel, HookPoint
+from gptoss_viz.runtime.mxfp4 import mxfp4_dequant
+from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The maths, as pure functions: the model calls them, and so do the explainer views.
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back (no mean subtraction, no bias)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * xf).to(x.dtype)
+
+
+def causal_window_mask(t_q: int, t_k: int, window: int | None, device=None) -> torch.Tensor:
+    """bool [t_q, t_k], True where query i may attend key j: j <= i and, with a window, i - j < window.
+
+    Queries are the last t_q positions of the t_k keys. The window counts the query itself: 128 keys in all.
+    """
+    q_pos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
+    k_pos = torch.arange(t_k, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= (q_pos - k_pos) < window
+    return allowed
+
+
+def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None = None,
+                         scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal GQA attention probabilities with a learned sink logit per head.
+
+    q [..., T, H, D]; k [..., T, K, D]; sinks [H]. Query head h reads key head h // (H / K).
+    The sink logit is appended to every row of scores as an extra column (not scaled), the softmax runs over the
+    row plus that column, and the column is then dropped: it has no value vector, so each row of the real
+    pattern sums to 1 - p_sink. Returns pattern [..., H, T, T] and sink_prob [..., H, T], from that one softmax.
+    """
+    *_, T, H, D = q.shape
+    K = k.shape[-2]
+    scale = D ** -0.5 if scale is None else scale
+    k = k.repeat_interleave(H // K, dim=-2)  # [..., T, H, D]: query head h uses key head h // (H/K)
+    # scores and softmax in fp32 whatever the weights' dtype: the pattern is what the views show
+    scores = torch.einsum("...qhd,...khd->...hqk", q.float(), k.float()) * scale  # [..., H, T, T]
+    mask = causal_window_mask(T, k.shape[-3], window, device=q.device)  # [T, T]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    sink_col = sinks.float().view(H, 1, 1).expand(*scores.shape[:-1], 1)  # [..., H, T, 1]
+    logits = torch.cat((scores, sink_col), dim=-1)  # [..., H, T, T + 1]
+    logits = logits - logits.amax(-1, keepdim=True)  # the sink column takes part in the max
+    probs = logits.softmax(-1)
+    return probs[..., :-1], probs[..., -1]  # pattern [..., H, T, T], sink_prob [..., H, T]
+
+
+def attend(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Mix values: pattern [..., H, T, T] with v [..., T, K, D] (GQA: head h reads h // (H/K)) -> [..., T, H, D]."""
+    H, K = pattern.shape[-3], v.shape[-2]
+    v = v.repeat_interleave(H // K, dim=-2)  # [..., T, H, D]
+    return torch.einsum("...hqk,...khd->...qhd", pattern.to(v.dtype), v)
+
+
+def swiglu_clamped(h: torch.Tensor, limit: float = 7.0, alpha: float = 1.702) -> torch.Tensor:
+    """gpt-oss expert activation on interleaved gate/up rows: h [..., 2I] -> [..., I].
+
+    Row 2j is gate_j, row 2j+1 is up_j. gate is clamped above only, up on both sides;
+    out = gate * sigmoid(alpha * gate) * (up + 1).
+    """
+    gate = h[..., 0::2].clamp(max=limit)
+    up = h[..., 1::2].clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (up + 1)
+
+
+def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k experts per token and their weights: softmax over the k chosen logits only. -> idx, weight [..., k]"""
+    top_logits, idx = router_logits.topk(k, dim=-1)
+    return idx, top_logits.softmax(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modules. Attribute names follow the checkpoint keys (model.layers.L.self_attn.q_proj -> blocks.L.attn.q_proj)
+# so loading is one loop; see checkpoints.gptoss_key.
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GptOssConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        H, K, D, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.window = cfg.sliding_window if cfg.layer_types[layer] == "sliding_attention" else None
+        self.q_proj = nn.Linear(d, H * D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, K * D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(d, K * D, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * D, d, bias=cfg.attention_bias)
+        self.sinks = nn.Parameter(torch.zeros(H))  # one learned logit per head
+        # hook points, in forward order
+        self.hook_q = HookPoint("[T, H, D]")
+        self.hook_k = HookPoint("[T, K, D]")
+        self.hook_v = HookPoint("[T, K, D]")
+        self.hook_q_rot = HookPoint("[T, H, D]")
+        self.hook_k_rot = HookPoint("[T, K, D]")
+        self.hook_pattern = HookPoint("[H, T, T]")
+        self.hook_sink_prob = HookPoint("[H, T]")
+        self.hook_out = HookPoint("[T, d]")
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window=None) -> torch.Tensor:
+        *lead, T, _ = x.shape
+        H, K, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        q = self.hook_q(self.q_proj(x).view(*lead, T, H, D))  # [T, d] -> [T, H, D]
+        k = self.hook_k(self.k_proj(x).view(*lead, T, K, D))  # [T, d] -> [T, K, D]
+        v = self.hook_v(self.v_proj(x).view(*lead, T, K, D))
+        q = self.hook_q_rot(apply_rope(q, cos, sin))
+        k = self.hook_k_rot(apply_rope(k, cos, sin))
+        window = self.window if window is None else window
+        pattern, sink_prob = attention_with_sinks(q, k, self.sinks, window)
+        pattern = self.hook_pattern(pattern)
+        self.hook_sink_prob(sink_prob)  # observed from the same softmax; the sink has no value to mix in
+        out = attend(pattern, v).reshape(*lead, T, H * D)  # [T, H, D] -> [T, H*D]
+        return self.hook_out(self.o_proj(out))
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: GptOssConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cfg.num_local_experts, cfg.hidden_size))  # [E, d]
+        self.bias = nn.Parameter(torch.zeros(cfg.num_local_experts))  # [E]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)  # [T, E]
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts. Weights are either MXFP4-packed (the Hub format: uint8 blocks + scales, dequantized one
+    expert at a time when used) or dense (training, unquantized checkpoints), both in (out, in) row layout."""
+
+    def __init__(self, cfg: GptOssConfig, packed: bool):
+        super().__init__()
+        E, d, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
+        self.packed = packed
+        self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
+        if packed:
+            self.register_buffer("gate_up_proj_blocks", torch.zeros(E, 2 * I, d // 32, 16, dtype=torch.uint8))
+            self.register_buffer("gate_up_proj_scales", torch.zeros(E, 2 * I, d // 32, dtype=torch.uint8))
+            self.register_buffer("down_proj_blocks", torch.zeros(E, d, I // 32, 16, dtype=torch.uint8))
+            self.register_buffer("down_proj_scales", torch.zeros(E, d, I // 32, dtype=torch.uint8))
+        else:
+            self.gate_up_proj = nn.Parameter(torch.zeros(E, 2 * I, d))  # [E, 2I, d], rows interleave gate/up
+            self.down_proj = nn.Parameter(torch.zeros(E, d, I))  # [E, d, I]
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(E, 2 * I))
+        self.down_proj_bias = nn.Parameter(torch.zeros(E, d))
+
+    def weights(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert e's (W1 [2I, d], W2 [d, I]) in `dtype`; MXFP4 experts are dequantized here and nowhere else."""
+        if self.packed:
+            w1 = mxfp4_dequant(self.gate_up_proj_blocks[e], self.gate_up_proj_scales[e], dtype)
+            w2 = mxfp4_dequant(self.down_proj_blocks[e], self.down_proj_scales[e], dtype)
+            return w1, w2
+        return self.gate_up_proj[e].to(dtype), self.down_proj[e].to(dtype)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """One expert on the tokens routed to it: x [N, d] -> [N, d]."""
+        w1, w2 = self.weights(e, x.dtype)
+        h = F.linear(x, w1, self.gate_up_proj_bias[e].to(x.dtype))  # [N, 2I]
+        a = swiglu_clamped(h, self.limit, self.alpha)  # [N, I]
+        return F.linear(a, w2, self.down_proj_bias[e].to(x.dtype))  # [N, d]
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: GptOssConfig, packed: bool):
+        super().__init__()
+        self.k = cfg.num_experts_per_tok
+        self.router = Router(cfg)
+        self.experts = Experts(cfg, packed)
+        self.hook_router_logits = HookPoint("[T, E]")
+        self.hook_expert_idx = HookPoint("[T, k]")
+        self.hook_expert_weight = HookPoint("[T, k]")
+        self.hook_out = HookPoint("[T, d]")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
+        idx, weight = route(logits, self.k)  # [T, k] each
+        idx = self.hook_expert_idx(idx)
+        weight = self.hook_expert_weight(weight)
+        return self.hook_out(self.combine(x, idx, weight))
+
+    def combine(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """sum_j weight[t, j] * expert_{idx[t, j]}(x[t]), running each expert once on the tokens routed to it."""
+        d = x.shape[-1]
+        flat_x = x.reshape(-1, d)  # [B*T, d]
+        flat_idx = idx.reshape(-1, self.k)  # [B*T, k]
+        flat_w = weight.reshape(-1, self.k)
+        out = torch.zeros_like(flat_x)
+        for e in flat_idx.unique().tolist():
+            tok, slot = (flat_idx == e).nonzero(as_tuple=True)  # [N] each
+            y = self.experts.expert(e, flat_x[tok])  # [N, d]
+            out.index_add_(0, tok, y * flat_w[tok, slot, None].to(y.dtype))
+        return out.view_as(x)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GptOssConfig, layer: int, packed: bool):
+        super().__init__()
+        self.hook_resid_pre = HookPoint("[T, d]")
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MoE(cfg, packed)
+        self.hook_resid_post = HookPoint("[T, d]")
+
+    def forward(self, x, cos, sin, window=None):
+        x = self.hook_resid_pre(x)
+        x = x + self.attn(self.input_layernorm(x), cos, sin, window)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return self.hook_resid_post(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GptOss(HookedModel):
+    """The whole model: ids [T] (or [B, T]) -> logits [T, V] (or [B, T, V])."""
+
+    def __init__(self, cfg: GptOssConfig, packed: bool | None = None):
+        super().__init__()
+        self.config = cfg
+        packed = cfg.quant_method == "mxfp4" if packed is None else packed
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.hook_embed = HookPoint("[T, d]")
+        self.blocks = nn.ModuleList(Block(cfg, i, packed) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tokenizer = None  # set by load_model
+        self.setup_hooks()
+
+    def rope(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, D/2] in fp32 for positions 0..T-1 (the model's own YaRN or plain-RoPE frequencies)."""
+        inv_freq, concentration = inv_freq_for(self.config)
+        return rope_cos_sin(torch.arange(T, device=device), inv_freq, concentration)
+
+    def forward(self, ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """`window` overrides every sliding layer's window (an intervention; full layers stay full)."""
+        check_ids(ids, self.config.vocab_size, self.config.max_position_embeddings)
+        x = self.hook_embed(self.embed_tokens(ids))  # [T, d], no embedding scale
+        cos, sin = self.rope(ids.shape[-1], ids.device)
+        for block in self.blocks:
+            x = block(x, cos, sin, window if block.attn.window is not None else None)
+        return self.lm_head(self.norm(x))  # [T, V]
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:
+    """Clear errors for inputs the model cannot run, instead of an index error deep inside."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"token ids must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.dim() not in (1, 2):
+        raise InputError(f"token ids must have shape [T] or [B, T], got {tuple(ids.shape)}")
+    T = ids.shape[-1]
+    if T == 0:
+        raise InputError("empty input: the prompt produced no tokens")
+    if T > max_len:
+        raise InputError(f"sequence of {T} tokens is longer than the model's {max_len} positions")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise InputError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
+

@@ -1,0 +1,116 @@
+"""Hook points: named identity modules at every tensor the explainer shows (after TransformerLens).
+
+A `HookPoint` passes its input through unchanged unless a hook function is attached. A hook function is called
+as `fn(tensor, hook)`; if it returns a tensor, that tensor replaces the activation (an intervention), otherwise
+the activation goes on unchanged. Hooks are only ever attached inside `HookedModel.hooks(...)`, which removes
+them in `finally`, so no hook outlives the call that asked for it and no state is shared between users.
+
+Names come from the module tree (`blocks.3.attn.hook_pattern`); `hook_names()` lists them in forward order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
+
+
+
+class HookPoint(nn.Module):
+    """Identity at a named activation; `shape` documents it for one sequence (letters as in the model legend)."""
+
+    def __init__(self, shape: str = ""):
+        super().__init__()
+        self.shape = shape
+        self.name = ""  # filled in by HookedModel.setup_hooks from the module tree
+        self._fns: list[HookFn] = []
+
+    @property
+    def active(self) -> bool:
+        """True while some hook listens here: lets the model skip work nobody asked for."""
+        return bool(self._fns)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for fn in self._fns:
+            out = fn(x, self)
+            if out is not None:
+                if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                    raise ValueError(f"hook on {self.name} returned {type(out).__name__} "
+                                     f"{tuple(getattr(out, 'shape', ()))}; expected a tensor of shape {tuple(x.shape)}")
+                x = out
+        return x
+
+    def extra_repr(self) -> str:
+        return self.shape
+
+
+class HookedModel(nn.Module):
+    """Root mixin: hook discovery, temporary hooks and run_with_cache for a model whose forward takes ids."""
+
+    def setup_hooks(self) -> None:
+        self._hook_points: dict[str, HookPoint] = {}
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint):
+                mod.name = name
+                self._hook_points[name] = mod
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in the order the forward pass reaches them."""
+        return list(self._hook_points)
+
+    def hook_point(self, name: str) -> HookPoint:
+        try:
+            return self._hook_points[name]
+        except KeyError:
+            raise KeyError(f"no hook point named {name!r}; see model.hook_names()") from None
+
+    def resolve_names(self, names_filter) -> list[str]:
+        """None = all; a string = one name or a regular expression; a list of names; or a predicate."""
+        names = self.hook_names()
+        if names_filter is None:
+            return names
+        if callable(names_filter):
+            return [n for n in names if names_filter(n)]
+        if isinstance(names_filter, str):
+            if names_filter in self._hook_points:
+                return [names_filter]
+            pat = re.compile(names_filter)
+            found = [n for n in names if pat.fullmatch(n)]
+            if not found:
+                raise KeyError(f"no hook point matches {names_filter!r}; see model.hook_names()")
+            return found
+        wanted = list(names_filter)
+        for n in wanted:
+            self.hook_point(n)  # raises a clear KeyError for unknown names
+        return [n for n in names if n in set(wanted)]
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator["HookedModel"]:
+        """Attach (name, fn) hooks for the duration of the block; always removed, even on error."""
+        attached: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for name, fn in fwd_hooks:
+                hp = self.hook_point(name)
+                hp._fns.append(fn)
+                attached.append((hp, fn))
+            yield self
+        finally:
+            for hp, fn in attached:
+                hp._fns.remove(fn)
+
+    @torch.no_grad()
+    def run_with_cache(self, ids: torch.Tensor, names_filter=None, **kwargs):
+        """Run the model once and return (logits, {hook name: detached activation}) for the chosen hooks."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(x: torch.Tensor, hook: HookPoint) -> None:
+            cache[hook.name] = x.detach()
+
+        with self.hooks([(n, save) for n in self.resolve_names(names_filter)]):
+            logits = self(ids, **kwargs)
+        return logits, cache

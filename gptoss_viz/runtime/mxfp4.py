@@ -1,0 +1,73 @@
+"""MXFP4 (OCP Microscaling Formats spec v1.0): 4-bit E2M1 values in blocks of 32 sharing one E8M0 scale.
+
+Layout as gpt-oss checkpoints store it, for a weight [rows, n] with n a multiple of 32:
+    blocks [rows, n/32, 16] uint8: byte k of a block holds element 2k in its low nibble, 2k+1 in its high nibble
+    scales [rows, n/32]     uint8: E8M0 exponent, value = fp4 * 2^(scale - 127); 255 is NaN and is rejected
+A nibble is sign (bit 3) + E2M1 magnitude code (bits 0-2): 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+
+This is the readable reference (plain torch). The model only calls `mxfp4_dequant`, one expert at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 32  # values per block
+BLOCK_BYTES = BLOCK // 2  # two 4-bit values per byte
+SCALE_BIAS = 127  # E8M0 exponent bias
+SCALE_NAN = 255  # E8M0 NaN encoding
+
+# The 16 FP4 E2M1 values by nibble code: codes 8..15 are codes 0..7 negated.
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def mxfp4_unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., nb, 16] -> nibble codes uint8 [..., nb, 32], element 2k from the low nibble of byte k."""
+    lo = blocks & 0x0F
+    hi = blocks >> 4
+    return torch.stack((lo, hi), dim=-1).flatten(-2)  # [..., nb, 16, 2] -> [..., nb, 32]
+
+
+def mxfp4_dequant(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Packed blocks [..., nb, 16] and scales [..., nb] -> values [..., nb * 32] in `dtype`.
+
+    Every MXFP4 value is exactly representable in fp32; ldexp applies the power-of-two scale without rounding.
+    """
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    vals = lut[mxfp4_unpack_codes(blocks).long()]  # [..., nb, 32]
+    exp = scales.to(torch.int32) - SCALE_BIAS  # [..., nb]
+    out = torch.ldexp(vals, exp.unsqueeze(-1).to(torch.float32))  # [..., nb, 32]
+    return out.flatten(-2).to(dtype)  # [..., nb * 32]
+
+
+def check_scales(scales: torch.Tensor, name: str) -> None:
+    """Reject E8M0 NaN scales (255): the OCP spec defines them as NaN, and no trained weight should hold one."""
+    bad = scales == SCALE_NAN
+    if bool(bad.any()):
+        n = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        raise ValueError(f"{name}: {n} MXFP4 scale(s) are 255, which is NaN in E8M0 (first at index {first})")
+
+
+def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values [..., n] (n % 32 == 0) -> (blocks uint8 [..., n/32, 16], scales uint8 [..., n/32]).
+
+    Each block takes the smallest power-of-two scale that fits its largest magnitude within 6 (the largest E2M1
+    value), then every value is rounded to the nearest E2M1 value (ties to the smaller magnitude code).
+    Used to write checkpoints (tests, the nano models); the inverse of `mxfp4_dequant` up to rounding.
+    """
+    if w.shape[-1] % BLOCK:
+        raise ValueError(f"last dimension {w.shape[-1]} is not a multiple of the MXFP4 block size {BLOCK}")
+    x = w.detach().to(torch.float32).unflatten(-1, (-1, BLOCK))  # [..., nb, 32]
+    amax = x.abs().amax(-1)  # [..., nb]
+    # smallest e with amax / 2^e <= 6; all-zero blocks get the smallest scale
+    e = torch.ceil(torch.log2(amax.clamp_min(torch.finfo(torch.float32).tiny) / 6.0))
+    e = e.clamp(-SCALE_BIAS, SCALE_NAN - 1 - SCALE_BIAS)
+    scaled = torch.ldexp(x, -e.unsqueeze(-1))  # [..., nb, 32], |scaled| <= 6
+    mags = torch.tensor(FP4_VALUES[:8], dtype=torch.float32, device=w.device)
+    code = (scaled.abs().unsqueeze(-1) - mags).abs().argmin(-1)  # nearest magnitude code 0..7
+    code = code + 8 * (scaled < 0)  # sign bit
+    code = code.to(torch.uint8)  # [..., nb, 32]
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)  # [..., nb, 16]
+    scales = (e + SCALE_BIAS).to(torch.uint8)
+    return blocks.contiguous(), scales.contiguous()
