@@ -12,7 +12,18 @@ This module currently holds the data part of the recipe:
 5. ``tokenize_to_file``- encode documents into a flat uint16 ``.npy`` array.
 
 ``prepare_data`` runs all of the above in one working directory.
-Model training functions will be added below.
+
+Then the models (on a GPU; the GPU machine has no internet, so the data folder travels with the job):
+
+6. ``nano_configs``   - the two architectures: every gpt-oss-20b feature at toy size, and a GPT-2 of similar
+                        active size, sharing the tokenizer.
+7. ``fit``            - train one model on the same token stream (same batches, same steps) with AdamW; gpt-oss
+                        adds a Switch-style load-balancing loss, GPT-2 keeps its dropout on while training.
+8. ``export``         - write the Hub-format checkpoint (gpt-oss experts quantized to MXFP4, bf16 elsewhere).
+
+``python -m gptoss_viz.train data DIR`` prepares the data (CPU); ``python -m gptoss_viz.train fit DIR OUT`` trains
+both models and exports them with their metrics; ``python -m gptoss_viz.train cards DIR OUT`` writes the model
+cards. Everything is seeded; see the model cards for the numbers each run gave.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -277,8 +289,219 @@ def prepare_data(workdir: Path, vocab_size: int = 8192, val_fraction: float = 0.
     return summary
 
 
+# -------------------------------------------------------------------------------------------------- models
+
+SEED = 0
+CONTEXT = 512  # training context: four windows of 128, so sliding and full layers see different things
+BATCH = 32  # sequences per step: 16,384 tokens
+LR = 3e-3  # peak learning rate (AdamW, 5% warm-up, cosine to 0)
+AUX_COEF = 0.03  # weight of the load-balancing loss (gpt-oss only)
+
+
+def nano_configs(vocab_size: int = 8192):
+    """(GptOssConfig, GPT2Config) of the bundled nano models."""
+    from gptoss_viz.runtime.configs import GPT2Config, GptOssConfig, RopeScaling
+
+    ids = {s: i for i, s in enumerate(SPECIAL_TOKENS)}
+    gptoss = GptOssConfig(
+        vocab_size=vocab_size, hidden_size=192, intermediate_size=192, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=32,  # GQA: 4 query heads share each K/V head
+        num_local_experts=32, num_experts_per_tok=4,  # as gpt-oss-20b
+        sliding_window=128, layer_types=("sliding_attention", "full_attention") * 2,
+        max_position_embeddings=131072, rope_theta=150000.0, rope_scaling=RopeScaling(),  # 20b's YaRN settings
+        eos_token_id=ids["<|return|>"], pad_token_id=ids["<|endoftext|>"], quant_method="mxfp4")
+    gpt2 = GPT2Config(vocab_size=vocab_size, n_positions=CONTEXT, n_embd=224, n_layer=4, n_head=7,
+                      eos_token_id=ids["<|endoftext|>"])
+    return gptoss, gpt2
+
+
+def init_weights(model, seed: int):
+    """GPT-2 style init: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers); sinks and biases 0."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n_layers = len(model.blocks)
+    for name, p in model.named_parameters():
+        if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            torch.nn.init.ones_(p)
+        elif p.dim() == 1 or name.endswith("sinks"):
+            torch.nn.init.zeros_(p)
+        else:
+            std = 0.02
+            if name.endswith(("o_proj.weight", "down_proj", "attn.c_proj.weight", "mlp.c_proj.weight")):
+                std /= math.sqrt(2 * n_layers)
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def batches(tokens: np.ndarray, seed: int):
+    """The same endless stream of (x, y) batches [BATCH, CONTEXT] for both models: random crops of the train text."""
+    rng = np.random.default_rng(seed)
+    while True:
+        starts = rng.integers(0, len(tokens) - CONTEXT - 1, size=BATCH)
+        chunk = np.stack([tokens[s:s + CONTEXT + 1] for s in starts]).astype(np.int64)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+def load_balancing_loss(router_logits, k: int):
+    """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4) for top-k routing: E * sum_e f_e * P_e,
+    f_e = share of the T*k assignments that went to expert e, P_e = mean router probability of e. 1 when even."""
+    import torch
+
+    logits = router_logits.reshape(-1, router_logits.shape[-1]).float()  # [N, E]
+    E = logits.shape[-1]
+    probs = logits.softmax(-1)
+    chosen = logits.topk(k, -1).indices  # [N, k]
+    f = torch.zeros(E, device=logits.device).scatter_add_(0, chosen.flatten(), torch.ones(chosen.numel(),
+                                                          device=logits.device)) / chosen.numel()
+    return E * (f * probs.mean(0)).sum()
+
+
+@dataclass
+class FitResult:
+    steps: int
+    tokens: int
+    seconds: float
+    curve: list  # [step, train loss, val loss or None]
+
+
+def evaluate(model, val: np.ndarray, device, max_windows: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats) on consecutive CONTEXT-token windows of the held-out tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    n = (len(val) - 1) // CONTEXT
+    n = n if max_windows is None else min(n, max_windows)
+    x = torch.from_numpy(val[: n * CONTEXT].astype(np.int64)).view(n, CONTEXT)
+    y = torch.from_numpy(val[1: n * CONTEXT + 1].astype(np.int64)).view(n, CONTEXT)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, 8):
+            logits = model(x[i:i + 8].to(device)).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y[i:i + 8].to(device).flatten(), reduction="sum").item()
+    model.train(was_training)
+    return total / (n * CONTEXT)
+
+
+def fit(model, train: np.ndarray, val: np.ndarray, steps: int, device, lr: float = LR, aux_coef: float = AUX_COEF,
+        max_seconds: float | None = None, eval_every: int = 100, seed: int = SEED) -> FitResult:
+    """AdamW with linear warm-up and cosine decay, bf16 autocast, gradient clipping at 1."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    warmup = max(1, steps // 20)
+    router_hooks, captured = [], []
+    if hasattr(model.config, "num_local_experts"):
+        router_hooks = [(f"blocks.{i}.mlp.hook_router_logits", lambda x, h: captured.append(x))
+                        for i in range(len(model.blocks))]
+        k = model.config.num_experts_per_tok
+    curve, start, step, total = [], time.perf_counter(), 0, steps
+    stream = batches(train, seed)
+    while step < total:
+        step += 1
+        if max_seconds is not None and step == 21:  # fix the schedule's length from the measured speed
+            total = min(total, int(max_seconds / ((time.perf_counter() - start) / 20)))
+            log.info("%.3f s/step: training for %d steps", (time.perf_counter() - start) / 20, total)
+        warm = step / warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        for group in opt.param_groups:
+            group["lr"] = lr * (warm if step <= warmup else cosine)
+        xb, yb = next(stream)
+        x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+        captured.clear()
+        with model.hooks(router_hooks), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                       enabled=device.type == "cuda"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            aux = sum(load_balancing_loss(r, k) for r in captured) / len(captured) if captured else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        (loss + aux_coef * aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % eval_every == 0 or step == total:
+            v = evaluate(model, val, device, max_windows=64)
+            curve.append([step, round(loss.item(), 4), round(v, 4)])
+            log.info("step %d  loss %.4f  aux %.3f  val %.4f  %.0fs", step, loss.item(), aux.item(), v,
+                     time.perf_counter() - start)
+    model.eval()
+    return FitResult(step, step * BATCH * CONTEXT, time.perf_counter() - start, curve)
+
+
+def export(model, out_dir: Path, tokenizer_json: Path | None, quantize: bool = True) -> Path:
+    """Write the Hub-format checkpoint: gpt-oss with MXFP4 experts + bf16 elsewhere; GPT-2 in bf16."""
+    import torch
+
+    from gptoss_viz.runtime.checkpoints import gpt2_hub_tensors, gptoss_hub_tensors, save_hub_checkpoint
+
+    model = model.to("cpu").float()
+    if hasattr(model.config, "num_local_experts"):
+        tensors = gptoss_hub_tensors(model, quantize=quantize)
+    else:
+        tensors = ((n, t.to(torch.bfloat16)) for n, t in gpt2_hub_tensors(model, prefixed=False)
+                   if not n.endswith(".attn.bias"))  # the causal-mask buffers carry no weights
+    return save_hub_checkpoint(out_dir, model.config.to_dict(), tensors, tokenizer_json=tokenizer_json)
+
+
+def train_both(data_dir: Path, out_dir: Path, steps: int, max_seconds: float, device: str = "cuda") -> dict:
+    """Train gpt-oss-nano (time-capped), then gpt2-nano for exactly as many steps on the same batches; export."""
+    import torch
+
+    from gptoss_viz.runtime.gpt2 import GPT2
+    from gptoss_viz.runtime.gptoss import GptOss
+
+    torch.manual_seed(SEED)
+    dev = torch.device(device)
+    train = np.load(data_dir / "train.npy")
+    val = np.load(data_dir / "val.npy")
+    cfg_oss, cfg_gpt2 = nano_configs()
+    metrics = {"context": CONTEXT, "batch": BATCH, "seed": SEED, "device": torch.cuda.get_device_name(dev)
+               if dev.type == "cuda" else "cpu", "torch": torch.__version__}
+    for name, model, limit in (("gpt-oss-nano", init_weights(GptOss(cfg_oss, packed=False), SEED), max_seconds),
+                               ("gpt2-nano", init_weights(GPT2(cfg_gpt2), SEED), None)):
+        res = fit(model, train, val, steps, dev, max_seconds=limit)
+        steps = res.steps  # gpt2-nano trains on exactly the tokens gpt-oss-nano saw
+        val_full = evaluate(model, val, dev)
+        export(model, out_dir / name, tokenizer_json=None)  # the tokenizer is added with the model card
+        metrics[name] = {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 1),
+                         "curve": res.curve, "val_loss_before_export": round(val_full, 4),
+                         "params": sum(p.numel() for p in model.parameters()), "lr": LR,
+                         "aux_coef": AUX_COEF if name == "gpt-oss-nano" else None}
+        log.info("%s: %s", name, {k: v for k, v in metrics[name].items() if k != "curve"})
+        del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    return metrics
+
+
 if __name__ == "__main__":
-    import sys
+    import argparse
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    prepare_data(Path(sys.argv[1] if len(sys.argv) > 1 else "nano_data"))
+    ap = argparse.ArgumentParser(prog="python -m gptoss_viz.train", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("data", help="fetch the corpus, train the tokenizer, tokenize (CPU, needs apt)")
+    a.add_argument("dir", type=Path)
+    a = sub.add_parser("fit", help="train and export both models (GPU)")
+    a.add_argument("dir", type=Path)
+    a.add_argument("out", type=Path)
+    a.add_argument("--steps", type=int, default=1200)
+    a.add_argument("--max-minutes", type=float, default=4.0, help="time cap for gpt-oss-nano")
+    a.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    if args.cmd == "data":
+        prepare_data(args.dir)
+    elif args.cmd == "fit":
+        train_both(args.dir, args.out, args.steps, args.max_minutes * 60, args.device)

@@ -90,10 +90,13 @@ def download(repo: str, cache_dir=None, tqdm_class=None) -> Path:
     except RepositoryNotFoundError:
         raise ModelLoadError(f"model {repo!r} was not found on the Hugging Face Hub (or it is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        # --exclude too: "*.safetensors" alone would also match original/model.safetensors (another full copy)
         files = " ".join(f'"{p}"' for p in HUB_ALLOW)
+        skip = " ".join(f'"{p}"' for p in HUB_IGNORE)
         raise ModelLoadError(
             f"cannot load {repo!r}: the Hugging Face Hub is unreachable (off-line?) and the model is not in the "
-            f"local HF cache. On a machine with internet run `hf download {repo} --include {files}` and copy "
+            f"local HF cache. On a machine with internet run `hf download {repo} --include {files} "
+            f"--exclude {skip}` and copy "
             "the cache (~/.cache/huggingface/hub or $HF_HOME), or pass a local directory with the files. "
             f"({type(e).__name__})") from None
 

@@ -190,6 +190,12 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GPT2Config":
         _require(d, ["vocab_size", "n_embd", "n_layer", "n_head"], "gpt2")
+        # Attention scalings some GPT-2-type configs switch on; the model implements only the original 1/sqrt(D).
+        odd = {k: d[k] for k, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False))
+               if k in d and d[k] != default}
+        if odd:
+            raise ModelLoadError(f"unsupported gpt2 attention variant in config.json: {odd} "
+                                 "(this app runs the original GPT-2 attention)")
         cfg = cls(
             vocab_size=int(d["vocab_size"]),
             n_positions=int(d.get("n_positions", d.get("n_ctx", 1024))),
@@ -210,8 +216,10 @@ class GPT2Config:
     def validate(self) -> None:
         if self.n_embd % self.n_head:
             raise ModelLoadError(f"invalid gpt2 config: n_embd {self.n_embd} not divisible by n_head {self.n_head}")
-        if self.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise ModelLoadError(f"invalid gpt2 config: unsupported activation {self.activation_function!r}")
+        # The model computes GPT-2's tanh approximation; "gelu" means the exact erf GELU, which differs by ~1e-3.
+        if self.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ModelLoadError(f"invalid gpt2 config: unsupported activation {self.activation_function!r} "
+                                 "(supported: 'gelu_new', 'gelu_pytorch_tanh', the tanh approximation of GELU)")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

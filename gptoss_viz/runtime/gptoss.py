@@ -54,7 +54,7 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, 
     q [..., T, H, D]; k [..., T, K, D]; sinks [H]. Query head h reads key head h // (H / K).
     The sink logit is appended to every row of scores as an extra column (not scaled), the softmax runs over the
     row plus that column, and the column is then dropped: it has no value vector, so each row of the real
-    pattern sums to 1 - p_sink. Returns pattern [..., H, T, T] and sink_prob [..., H, T], from that one softmax.
+    pattern sums to 1 - p_sink. Returns pattern [..., H, T, T] and sink_prob [..., H, T], both from that one softmax.
     """
     *_, T, H, D = q.shape
     K = k.shape[-2]
@@ -64,10 +64,9 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, 
     scores = torch.einsum("...qhd,...khd->...hqk", q.float(), k.float()) * scale  # [..., H, T, T]
     mask = causal_window_mask(T, k.shape[-3], window, device=q.device)  # [T, T]
     scores = scores.masked_fill(~mask, float("-inf"))
-    sink_col = sinks.float().view(H, 1, 1).expand(*scores.shape[:-1], 1)  # [..., H, T, 1]
-    logits = torch.cat((scores, sink_col), dim=-1)  # [..., H, T, T + 1]
-    logits = logits - logits.amax(-1, keepdim=True)  # the sink column takes part in the max
-    probs = logits.softmax(-1)
+    sink_col = sinks.float().view(H, 1, 1).expand(*scores.shape[:-1], 1)  # [..., H, T, 1], not scaled
+    # softmax subtracts each row's max, the sink column included, before exponentiating (no overflow)
+    probs = torch.cat((scores, sink_col), dim=-1).softmax(-1)  # [..., H, T, T + 1]
     return probs[..., :-1], probs[..., -1]  # pattern [..., H, T, T], sink_prob [..., H, T]
 
 
@@ -117,7 +116,7 @@ class Attention(nn.Module):
         self.hook_q_rot = HookPoint("[T, H, D]")
         self.hook_k_rot = HookPoint("[T, K, D]")
         self.hook_pattern = HookPoint("[H, T, T]")
-        self.hook_sink_prob = HookPoint("[H, T]")
+        self.hook_sink_prob = HookPoint("[H, T]", replaceable=False)  # the sink has no value: nothing reads it
         self.hook_out = HookPoint("[T, d]")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window=None) -> torch.Tensor:
@@ -210,7 +209,7 @@ class MoE(nn.Module):
         for e in flat_idx.unique().tolist():
             tok, slot = (flat_idx == e).nonzero(as_tuple=True)  # [N] each
             y = self.experts.expert(e, flat_x[tok])  # [N, d]
-            out.index_add_(0, tok, y * flat_w[tok, slot, None].to(y.dtype))
+            out.index_add_(0, tok, (y * flat_w[tok, slot, None]).to(out.dtype))
         return out.view_as(x)
 
 

@@ -24,9 +24,10 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 class HookPoint(nn.Module):
     """Identity at a named activation; `shape` documents it for one sequence (letters as in the model legend)."""
 
-    def __init__(self, shape: str = ""):
+    def __init__(self, shape: str = "", replaceable: bool = True):
         super().__init__()
         self.shape = shape
+        self.replaceable = replaceable  # False where the model does not use the value further (observation only)
         self.name = ""  # filled in by HookedModel.setup_hooks from the module tree
         self._fns: list[HookFn] = []
 
@@ -39,6 +40,9 @@ class HookPoint(nn.Module):
         for fn in self._fns:
             out = fn(x, self)
             if out is not None:
+                if not self.replaceable:
+                    raise ValueError(f"{self.name} is observation-only: the model does not read it back, so a "
+                                     "replacement would change nothing (hook the tensor it comes from instead)")
                 if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                     raise ValueError(f"hook on {self.name} returned {type(out).__name__} "
                                      f"{tuple(getattr(out, 'shape', ()))}; expected a tensor of shape {tuple(x.shape)}")
@@ -79,7 +83,11 @@ class HookedModel(nn.Module):
         if isinstance(names_filter, str):
             if names_filter in self._hook_points:
                 return [names_filter]
-            pat = re.compile(names_filter)
+            try:
+                pat = re.compile(names_filter)
+            except re.error as e:  # a mistyped name like "blocks.[0" is still an unknown hook name
+                raise KeyError(f"no hook point named {names_filter!r}, and it is not a valid regular expression "
+                               f"({e}); see model.hook_names()") from None
             found = [n for n in names if pat.fullmatch(n)]
             if not found:
                 raise KeyError(f"no hook point matches {names_filter!r}; see model.hook_names()")

@@ -31,13 +31,30 @@ def mxfp4_unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
 def mxfp4_dequant(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Packed blocks [..., nb, 16] and scales [..., nb] -> values [..., nb * 32] in `dtype`.
 
-    Every MXFP4 value is exactly representable in fp32; ldexp applies the power-of-two scale without rounding.
+    Every MXFP4 value is exactly representable in fp32, and the power-of-two scale multiplies without rounding.
+    One table look-up per byte gives both of its values (low nibble first), one per scale gives 2^(scale - 127).
     """
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
-    vals = lut[mxfp4_unpack_codes(blocks).long()]  # [..., nb, 32]
-    exp = scales.to(torch.int32) - SCALE_BIAS  # [..., nb]
-    out = torch.ldexp(vals, exp.unsqueeze(-1).to(torch.float32))  # [..., nb, 32]
-    return out.flatten(-2).to(dtype)  # [..., nb * 32]
+    pair_lut, scale_lut = _luts(blocks.device)
+    vals = pair_lut[blocks.long()]  # [..., nb, 16, 2]: (element 2k, element 2k+1) of byte k
+    vals = vals.flatten(-2) * scale_lut[scales.long()].unsqueeze(-1)  # [..., nb, 32]
+    return vals.flatten(-2).to(dtype)  # [..., nb * 32]
+
+
+_LUT_CACHE: dict = {}
+
+
+def _luts(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(byte -> its two E2M1 values [256, 2], scale byte -> 2^(s - 127) [256]) on `device`; built once per device.
+    Read-only constants derived from the spec, so sharing them between users is safe."""
+    key = str(device)
+    if key not in _LUT_CACHE:
+        fp4 = torch.tensor(FP4_VALUES, dtype=torch.float32)
+        byte = torch.arange(256)
+        pair = torch.stack((fp4[byte & 0x0F], fp4[byte >> 4]), dim=-1)  # [256, 2]
+        scale = torch.ldexp(torch.ones(256), torch.arange(256, dtype=torch.float32) - SCALE_BIAS)  # [256]
+        scale[SCALE_NAN] = float("nan")
+        _LUT_CACHE[key] = (pair.to(device), scale.to(device))
+    return _LUT_CACHE[key]
 
 
 def check_scales(scales: torch.Tensor, name: str) -> None:
