@@ -486,6 +486,186 @@ def train_both(data_dir: Path, out_dir: Path, steps: int, max_seconds: float, de
     return metrics
 
 
+# ----------------------------------------------------------------------------------- evaluation and cards
+
+SLICE_WINDOWS = 8  # the fixed held-out slice: 8 windows of CONTEXT tokens, shipped as text next to the models
+
+
+def heldout_loss(model, text: str, windows: int = SLICE_WINDOWS) -> float:
+    """Mean next-token cross-entropy (nats) of `model` on `text`, encoded by its own tokenizer and cut into
+    consecutive CONTEXT-token windows (at most `windows`). The test recomputes the model cards' figure with it."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor(model.tokenizer.encode(text))
+    n = min(windows, (len(ids) - 1) // CONTEXT)
+    if n < 1:
+        raise ValueError(f"text of {len(ids)} tokens is shorter than one {CONTEXT}-token window")
+    x = ids[: n * CONTEXT].view(n, CONTEXT)
+    y = ids[1: n * CONTEXT + 1].view(n, CONTEXT)
+    with torch.no_grad():
+        logits = model(x).float()
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+
+
+def mechanics_stats(model, val: np.ndarray, max_windows: int | None = None) -> dict:
+    """Held-out routing shares and entropy per layer, sink mass per layer (gpt-oss) or first-token attention
+    mass per layer (GPT-2), from the hooks of real forward passes over CONTEXT-token windows of `val`."""
+    import math
+
+    import torch
+
+    n = (len(val) - 1) // CONTEXT
+    n = n if max_windows is None else min(n, max_windows)
+    x = torch.from_numpy(val[: n * CONTEXT].astype(np.int64)).view(n, CONTEXT)
+    layers = len(model.blocks)
+    if hasattr(model.config, "num_local_experts"):
+        E = model.config.num_local_experts
+        counts, sink = torch.zeros(layers, E), torch.zeros(layers)
+        want = lambda name: name.endswith(("hook_expert_idx", "hook_sink_prob"))  # noqa: E731
+        for i in range(0, n, 8):
+            _, cache = model.run_with_cache(x[i:i + 8], names_filter=want)
+            for layer in range(layers):
+                idx = cache[f"blocks.{layer}.mlp.hook_expert_idx"]
+                counts[layer] += torch.bincount(idx.flatten(), minlength=E).float()
+                sink[layer] += cache[f"blocks.{layer}.attn.hook_sink_prob"].float().mean(dim=(-1, -2)).sum()
+        share = counts / counts.sum(1, keepdim=True)
+        entropy = -(share * share.clamp_min(1e-12).log()).sum(1) / math.log(E)
+        return {"expert_share_min": share.min(1).values.tolist(), "expert_share_max": share.max(1).values.tolist(),
+                "routing_entropy": entropy.tolist(), "sink_mass": (sink / n).tolist()}
+    first = torch.zeros(layers)
+    for i in range(0, n, 8):
+        _, cache = model.run_with_cache(x[i:i + 8], names_filter=lambda name: name.endswith("hook_pattern"))
+        for layer in range(layers):
+            # attention paid to position 0 by every later query (row 0 can only attend to itself)
+            first[layer] += cache[f"blocks.{layer}.attn.hook_pattern"][..., 1:, 0].mean(dim=(-1, -2)).sum()
+    return {"first_token_mass": (first / n).tolist()}
+
+
+def write_cards(data_dir: Path, trained_dir: Path, model_dir: Path) -> dict:
+    """Install the trained checkpoints into `model_dir` with tokenizer, held-out slice and model cards.
+
+    Every figure in a card is computed here on the CPU from the exported files (the quantized checkpoint as
+    users load it), except the training curve and the pre-export loss, which come from the GPU run's metrics.
+    """
+    import shutil
+
+    import torch
+
+    from gptoss_viz.runtime.checkpoints import load_model
+
+    metrics = json.loads((trained_dir / "metrics.json").read_text())
+    corpus = json.loads((data_dir / "corpus.json").read_text())
+    data = json.loads((data_dir / "data.json").read_text())
+    val = np.load(data_dir / "val.npy")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_file(str(data_dir / "tokenizer.json"))
+    # the fixed slice: the held-out text of the first SLICE_WINDOWS windows (+ margin), as text
+    slice_text = tok.decode(val[: (SLICE_WINDOWS + 1) * CONTEXT + 64].tolist(), skip_special_tokens=False)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "heldout-slice.txt").write_text(slice_text, encoding="utf-8")
+    summary = {}
+    for name in ("gpt-oss-nano", "gpt2-nano"):
+        out = model_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copyfile(trained_dir / name / f, out / f)
+        shutil.copyfile(data_dir / "tokenizer.json", out / "tokenizer.json")
+        model = load_model(out, dtype=torch.float32)
+        m = metrics[name]
+        stats = mechanics_stats(model, val)
+        info = {
+            "val_loss_after_export": round(evaluate(model, val, torch.device("cpu")), 4),
+            "slice_loss": round(heldout_loss(model, slice_text), 4),
+            "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
+            "params": model.config.parameter_counts(),
+            **{k: [round(v, 4) for v in vs] for k, vs in stats.items()},
+        }
+        summary[name] = info
+        (out / "README.md").write_text(_card(name, model.config, m, info, metrics, corpus, data), encoding="utf-8")
+        log.info("%s: %s", name, info)
+    return summary
+
+
+def _card(name, cfg, m, info, metrics, corpus, data) -> str:
+    is_oss = name == "gpt-oss-nano"
+    curve = "\n".join(f"| {s} | {tr:.3f} | {va:.3f} |" for s, tr, va in m["curve"])
+    if is_oss:
+        arch = (f"gpt-oss architecture at toy size: {cfg.num_hidden_layers} layers alternating sliding-window "
+                f"({cfg.sliding_window} tokens) and full attention, width {cfg.hidden_size}, "
+                f"{cfg.num_attention_heads} query heads sharing {cfg.num_key_value_heads} key/value heads (GQA), "
+                f"head dim {cfg.head_dim}, learned attention sinks, attention biases, RoPE with gpt-oss-20b's YaRN "
+                f"settings (theta {cfg.rope_theta:g}, factor {cfg.rope_scaling.factor:g}, beta 32/1, original "
+                f"context {cfg.rope_scaling.original_max_position_embeddings}), {cfg.num_local_experts} experts with "
+                f"top-{cfg.num_experts_per_tok} routing, clamped SwiGLU (limit {cfg.swiglu_limit:g}), RMSNorm, "
+                "untied lm_head. Expert weights ship in MXFP4 (quantized after training), everything else in bf16.")
+        mech = ("| layer | type | least-used expert share | most-used share | routing entropy (normalised) "
+                "| mean sink mass |\n|---|---|---|---|---|---|\n" + "\n".join(
+                    f"| {i} | {cfg.layer_types[i].split('_')[0]} | {info['expert_share_min'][i]:.2%} | "
+                    f"{info['expert_share_max'][i]:.2%} | {info['routing_entropy'][i]:.3f} | {info['sink_mass'][i]:.3f} |"
+                    for i in range(cfg.num_hidden_layers)))
+        extra = (f"Load-balancing loss (Switch Transformer style) weight {m['aux_coef']}. Loss of the dense fp32 "
+                 f"weights before export: **{m['val_loss_before_export']:.4f}**; after MXFP4 quantization of the experts "
+                 f"and bf16 rounding of the rest: **{info['val_loss_after_export']:.4f}**.")
+    else:
+        arch = (f"GPT-2 architecture: {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, MLP width "
+                f"{cfg.inner_size}, GELU (tanh), LayerNorm, learned absolute positions ({cfg.n_positions}), tied "
+                "lm_head, dropout 0.1 while training. Weights ship in bf16 (names as in openai-community/gpt2).")
+        mech = ("| layer | mean attention on the first token (emergent sink) |\n|---|---|\n" + "\n".join(
+            f"| {i} | {v:.3f} |" for i, v in enumerate(info["first_token_mass"])))
+        extra = (f"Loss of the fp32 weights before export: **{m['val_loss_before_export']:.4f}**; after bf16 "
+                 f"rounding: **{info['val_loss_after_export']:.4f}**.")
+    p = info["params"]
+    return f"""---
+license: other
+license_name: psf-2.0
+language: en
+library_name: gptoss-viz
+tags: [explainer, {'gpt-oss, mixture-of-experts, mxfp4' if is_oss else 'gpt2'}]
+---
+# {name}
+
+A tiny {'gpt-oss' if is_oss else 'GPT-2'} trained by gptoss-viz (`python -m gptoss_viz.train`) so that the explainer
+shows learned behaviour off-line on a CPU. **It is for explaining mechanics** (routing, sinks, windows, positions),
+**not for answering questions**: it has seen 2.7 M tokens of Python documentation and writes plausible-looking
+reStructuredText fragments, nothing more.
+
+## Architecture
+{arch}
+
+Parameters: {p['total']:,} in all, {p['active']:,} active per token without embeddings and head.
+Checkpoint: {info['checkpoint_bytes'] / 1e6:.1f} MB (`model.safetensors`, Hugging Face format: loads with
+`gptoss_viz.load_model("model/{name}")` and with transformers' `{'GptOssForCausalLM' if is_oss else 'GPT2LMHeadModel'}`).
+
+## Data
+Debian's `{corpus['package']}` {corpus['version']} (reStructuredText sources of the Python 3.11 documentation,
+{corpus['num_documents']} documents, {corpus['bytes'] / 1e6:.1f} MB, sha256 `{corpus['sha256'][:16]}...`).
+Licence: {corpus['licence']}. Split by whole documents (seed {data['seed']}): {data['train_documents']} train
+documents ({data['train_tokens']:,} tokens), {data['val_documents']} held-out documents ({data['val_tokens']:,} tokens).
+Tokenizer: byte-level BPE, {data['vocab_size']} tokens including the harmony special tokens (ids 0-8), trained on
+the train split only and shared by gpt-oss-nano and gpt2-nano, so their views are comparable token for token.
+
+## Training
+{metrics['device']}, torch {metrics['torch']}, seed {metrics['seed']}: {m['steps']} steps of {metrics['batch']} x
+{metrics['context']} tokens ({m['tokens']:,} tokens, the same batches for both nano models), AdamW (betas 0.9/0.95,
+weight decay 0.1), peak learning rate {m['lr']}, 5% warm-up then cosine, bf16 autocast, gradient clipping 1.0;
+{m['seconds']:.0f} s. {extra}
+
+| step | train loss | held-out loss (first 64 windows) |
+|---|---|---|
+{curve}
+
+## Held-out results (measured on the CPU from the shipped files)
+- Held-out loss, all {data['val_tokens']:,} held-out tokens in {metrics['context']}-token windows:
+  **{info['val_loss_after_export']:.4f}** nats/token.
+- Held-out loss on the fixed slice (`model/heldout-slice.txt`, {SLICE_WINDOWS} windows): **{info['slice_loss']:.4f}**
+  nats/token (the tests recompute this figure).
+
+{mech}
+"""
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -500,8 +680,14 @@ if __name__ == "__main__":
     a.add_argument("--steps", type=int, default=1200)
     a.add_argument("--max-minutes", type=float, default=4.0, help="time cap for gpt-oss-nano")
     a.add_argument("--device", default="cuda")
+    a = sub.add_parser("cards", help="install trained checkpoints into model/ with evaluated model cards (CPU)")
+    a.add_argument("dir", type=Path, help="data folder (tokenizer.json, val.npy, corpus.json, data.json)")
+    a.add_argument("trained", type=Path, help="the fit command's output folder")
+    a.add_argument("--out", type=Path, default=Path("model"))
     args = ap.parse_args()
     if args.cmd == "data":
         prepare_data(args.dir)
     elif args.cmd == "fit":
         train_both(args.dir, args.out, args.steps, args.max_minutes * 60, args.device)
+    elif args.cmd == "cards":
+        write_cards(args.dir, args.trained, args.out)

@@ -56,14 +56,16 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, 
     row plus that column, and the column is then dropped: it has no value vector, so each row of the real
     pattern sums to 1 - p_sink. Returns pattern [..., H, T, T] and sink_prob [..., H, T], both from that one softmax.
     """
-    *_, T, H, D = q.shape
-    K = k.shape[-2]
+    *lead, T, H, D = q.shape
+    K, Tk = k.shape[-2], k.shape[-3]
     scale = D ** -0.5 if scale is None else scale
-    k = k.repeat_interleave(H // K, dim=-2)  # [..., T, H, D]: query head h uses key head h // (H/K)
-    # scores and softmax in fp32 whatever the weights' dtype: the pattern is what the views show
-    scores = torch.einsum("...qhd,...khd->...hqk", q.float(), k.float()) * scale  # [..., H, T, T]
-    mask = causal_window_mask(T, k.shape[-3], window, device=q.device)  # [T, T]
-    scores = scores.masked_fill(~mask, float("-inf"))
+    # GQA without copying keys: heads h = g * (H/K) + j share key head g, so view the H query heads as K groups
+    # of H/K and multiply each group by its one key head. Scores and softmax in fp32 whatever the weights' dtype.
+    qg = (q.float() * scale).movedim(-2, -3).reshape(*lead, K, (H // K) * T, D)  # [..., K, (H/K)*T, D]
+    kg = k.float().movedim(-2, -3)  # [..., K, Tk, D]
+    scores = (qg @ kg.transpose(-1, -2)).view(*lead, H, T, Tk)  # [..., H, T, Tk]
+    mask = causal_window_mask(T, Tk, window, device=q.device)  # [T, Tk]
+    scores.masked_fill_(~mask, float("-inf"))  # in place: the scores are ours alone
     sink_col = sinks.float().view(H, 1, 1).expand(*scores.shape[:-1], 1)  # [..., H, T, 1], not scaled
     # softmax subtracts each row's max, the sink column included, before exponentiating (no overflow)
     probs = torch.cat((scores, sink_col), dim=-1).softmax(-1)  # [..., H, T, T + 1]
@@ -72,9 +74,11 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, 
 
 def attend(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Mix values: pattern [..., H, T, T] with v [..., T, K, D] (GQA: head h reads h // (H/K)) -> [..., T, H, D]."""
-    H, K = pattern.shape[-3], v.shape[-2]
-    v = v.repeat_interleave(H // K, dim=-2)  # [..., T, H, D]
-    return torch.einsum("...hqk,...khd->...qhd", pattern.to(v.dtype), v)
+    *lead, H, T, Tk = pattern.shape
+    K, D = v.shape[-2], v.shape[-1]
+    pg = pattern.to(v.dtype).reshape(*lead, K, (H // K) * T, Tk)  # query heads grouped by their value head
+    out = pg @ v.movedim(-2, -3)  # [..., K, (H/K)*T, D]
+    return out.view(*lead, H, T, D).movedim(-3, -2)  # [..., T, H, D]
 
 
 def swiglu_clamped(h: torch.Tensor, limit: float = 7.0, alpha: float = 1.702) -> torch.Tensor:
@@ -166,19 +170,41 @@ class Experts(nn.Module):
         self.down_proj_bias = nn.Parameter(torch.zeros(E, d))
 
     def weights(self, e: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expert e's (W1 [2I, d], W2 [d, I]) in `dtype`; MXFP4 experts are dequantized here and nowhere else."""
-        if self.packed:
-            w1 = mxfp4_dequant(self.gate_up_proj_blocks[e], self.gate_up_proj_scales[e], dtype)
-            w2 = mxfp4_dequant(self.down_proj_blocks[e], self.down_proj_scales[e], dtype)
-            return w1, w2
-        return self.gate_up_proj[e].to(dtype), self.down_proj[e].to(dtype)
+        """Expert e's (W1 [2I, d], W2 [d, I]) in `dtype`."""
+        (_, w1, w2), = self.dequantized([e], dtype)
+        return w1, w2
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """One expert on the tokens routed to it: x [N, d] -> [N, d]."""
-        w1, w2 = self.weights(e, x.dtype)
+    def dequantized(self, experts: list[int], dtype: torch.dtype):
+        """Yield (e, W1 [2I, d], W2 [d, I]) for the listed experts. MXFP4 weights are dequantized here and nowhere
+        else, several experts per call while their dequantized copies stay under DEQUANT_CHUNK_BYTES (one at a
+        time for 20b/120b, whose expert is ~50 MB in bf16), so the packed weights are never expanded at once."""
+        if not self.packed:
+            for e in experts:
+                yield e, self.gate_up_proj[e].to(dtype), self.down_proj[e].to(dtype)
+            return
+        E, two_i, nb, _ = self.gate_up_proj_blocks.shape
+        per_expert = (two_i * nb * 32 * 3 // 2) * torch.finfo(dtype).bits // 8  # W1 + W2 values
+        step = max(1, DEQUANT_CHUNK_BYTES // per_expert)
+        for i in range(0, len(experts), step):
+            chunk = experts[i:i + step]
+            ix = torch.tensor(chunk, device=self.gate_up_proj_blocks.device)
+            w1 = mxfp4_dequant(self.gate_up_proj_blocks.index_select(0, ix),
+                               self.gate_up_proj_scales.index_select(0, ix), dtype)  # [n, 2I, d]
+            w2 = mxfp4_dequant(self.down_proj_blocks.index_select(0, ix),
+                               self.down_proj_scales.index_select(0, ix), dtype)  # [n, d, I]
+            yield from zip(chunk, w1, w2)
+
+    def expert(self, e: int, x: torch.Tensor, w1: torch.Tensor | None = None,
+               w2: torch.Tensor | None = None) -> torch.Tensor:
+        """One expert on the tokens routed to it: x [N, d] -> [N, d] (weights dequantized here if not given)."""
+        if w1 is None or w2 is None:
+            w1, w2 = self.weights(e, x.dtype)
         h = F.linear(x, w1, self.gate_up_proj_bias[e].to(x.dtype))  # [N, 2I]
         a = swiglu_clamped(h, self.limit, self.alpha)  # [N, I]
         return F.linear(a, w2, self.down_proj_bias[e].to(x.dtype))  # [N, d]
+
+
+DEQUANT_CHUNK_BYTES = 64 << 20  # most dequantized expert weight bytes held at once
 
 
 class MoE(nn.Module):
@@ -201,15 +227,23 @@ class MoE(nn.Module):
 
     def combine(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_j weight[t, j] * expert_{idx[t, j]}(x[t]), running each expert once on the tokens routed to it."""
-        d = x.shape[-1]
-        flat_x = x.reshape(-1, d)  # [B*T, d]
-        flat_idx = idx.reshape(-1, self.k)  # [B*T, k]
-        flat_w = weight.reshape(-1, self.k)
+        d, k = x.shape[-1], self.k
+        flat_x = x.reshape(-1, d)  # [N_tok, d]
+        flat_idx = idx.reshape(-1)  # [N_tok * k]: one entry per (token, slot) assignment
+        order = flat_idx.argsort(stable=True)  # assignments grouped by expert
+        tok = order // k  # the token of each assignment, in expert order
+        w = weight.reshape(-1).index_select(0, order)  # its routing weight
+        counts = torch.bincount(flat_idx, minlength=self.experts.gate_up_proj_bias.shape[0]).tolist()
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        xs = flat_x.index_select(0, tok)  # [N_tok * k, d], each expert's tokens contiguous
+        ys = torch.empty_like(xs)
+        for e, w1, w2 in self.experts.dequantized([e for e, c in enumerate(counts) if c], x.dtype):
+            group = slice(starts[e], starts[e + 1])
+            ys[group] = self.experts.expert(e, xs[group], w1, w2)
         out = torch.zeros_like(flat_x)
-        for e in flat_idx.unique().tolist():
-            tok, slot = (flat_idx == e).nonzero(as_tuple=True)  # [N] each
-            y = self.experts.expert(e, flat_x[tok])  # [N, d]
-            out.index_add_(0, tok, (y * flat_w[tok, slot, None]).to(out.dtype))
+        out.index_add_(0, tok, (ys * w[:, None]).to(out.dtype))  # weighted sum over each token's k experts
         return out.view_as(x)
 
 

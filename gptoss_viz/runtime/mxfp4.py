@@ -11,6 +11,7 @@ This is the readable reference (plain torch). The model only calls `mxfp4_dequan
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 BLOCK = 32  # values per block
 BLOCK_BYTES = BLOCK // 2  # two 4-bit values per byte
@@ -35,9 +36,10 @@ def mxfp4_dequant(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
     One table look-up per byte gives both of its values (low nibble first), one per scale gives 2^(scale - 127).
     """
     pair_lut, scale_lut = _luts(blocks.device)
-    vals = pair_lut[blocks.long()]  # [..., nb, 16, 2]: (element 2k, element 2k+1) of byte k
-    vals = vals.flatten(-2) * scale_lut[scales.long()].unsqueeze(-1)  # [..., nb, 32]
-    return vals.flatten(-2).to(dtype)  # [..., nb * 32]
+    # F.embedding is a plain row look-up, several times faster on CPU than advanced indexing
+    vals = F.embedding(blocks.int(), pair_lut)  # [..., nb, 16, 2]: (element 2k, element 2k+1) of byte k
+    scale = F.embedding(scales.int(), scale_lut.unsqueeze(-1))  # [..., nb, 1]: 2^(scale - 127)
+    return (vals.flatten(-2) * scale).flatten(-2).to(dtype)  # [..., nb, 32] -> [..., nb * 32]
 
 
 _LUT_CACHE: dict = {}
