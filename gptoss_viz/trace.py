@@ -1,0 +1,268 @@
+"""One prompt through one model -> a Trace: the tokens and the small, reduced tensors the explainer's views need.
+
+The model runs once, with hooks that reduce each big activation on the model's device as it is produced (a
+layer's attention pattern [H, T, T] becomes first-token mass, attention mass per distance bucket and the like,
+then is dropped), so full attention maps never leave the device. What a Trace holds on the host, per layer:
+
+    both:     resid_norm [L+1, T], first_token_mass [L, H], distance_mass [L, H, B]
+    gpt-oss:  sink_prob [L, H, T], sinks [L, H], router_logits [L, T, E], expert_idx / expert_weight [L, T, k]
+    GPT-2:    mlp_active [L, T], pos_similarity [P, P] (P = min(T, 1024))
+    plus ids, token strings, character offsets and the top-5 next-token predictions [T, 5].
+
+gpt-oss-20b at 4096 tokens holds about 42 MB (sink_prob 25 MB, router logits 13 MB). One head's full pattern is
+made on request by `head_pattern`, through the same attention function the model uses, from the rotated q/k the
+Trace keeps on the model's device when they are small (the nano models), else by re-running one layer's hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gptoss_viz.errors import InputError
+from gptoss_viz.runtime.configs import GptOssConfig
+from gptoss_viz.runtime.gpt2 import causal_attention
+from gptoss_viz.runtime.gptoss import attention_with_sinks
+
+TOP_K_PREDICTIONS = 5
+QK_KEEP_BYTES = 64 << 20  # keep every layer's q/k for on-request head patterns only below this size
+POS_SIM_MAX = 1024  # GPT-2 position-similarity matrix side limit
+
+
+def distance_edges(T: int, window: int = 128) -> np.ndarray:
+    """Bucket edges for attention distance (query position - key position): 0, 1, 2, 4, ..., with the
+    sliding window size as an edge so that 'mass beyond the window' is a sum of whole buckets."""
+    edges = [0, 1]
+    while edges[-1] < max(T, window + 1):
+        edges.append(edges[-1] * 2)
+    if window not in edges:
+        edges = sorted(set(edges) | {window})
+    return np.array(edges, dtype=np.int64)
+
+
+@dataclass
+class Trace:
+    model: str  # the source name the model was loaded from
+    arch: str  # "gpt_oss" or "gpt2"
+    config: object  # the architecture's frozen config
+    text: str  # the text the offsets index into (the rendered harmony conversation in chat mode)
+    chat: bool
+    ids: np.ndarray  # [T]
+    tokens: list[str]  # each token's text as shown
+    offsets: list[tuple[int, int]]  # [start, end) character span of each token in `text`
+    top_ids: np.ndarray  # [T, 5] most likely next tokens
+    top_probs: np.ndarray  # [T, 5]
+    top_tokens: list[list[str]]  # [T][5] their strings
+    resid_norm: np.ndarray  # [L+1, T] residual-stream RMS after the embedding and after each block
+    first_token_mass: np.ndarray  # [L, H] mean attention that queries 1.. pay to token 0
+    distance_edges: np.ndarray  # [B+1] bucket edges for distance_mass
+    distance_mass: np.ndarray  # [L, H, B] mean attention mass per query in each distance bucket
+    seconds: float  # wall time of the forward pass with its reductions
+    path: str = "reference"  # which implementation ran
+    # gpt-oss
+    sink_prob: np.ndarray | None = None  # [L, H, T] probability each query parks on its head's sink
+    sinks: np.ndarray | None = None  # [L, H] the learned sink logits
+    router_logits: np.ndarray | None = None  # [L, T, E] before top-k, bias included
+    expert_idx: np.ndarray | None = None  # [L, T, k]
+    expert_weight: np.ndarray | None = None  # [L, T, k]
+    # GPT-2
+    mlp_active: np.ndarray | None = None  # [L, T] share of MLP neurons with a positive pre-activation
+    pos_similarity: np.ndarray | None = None  # [P, P] cosine similarity of the position embeddings used
+    # on the model's device, for head patterns on request (None when too big: then the layer is re-run)
+    _qk: dict | None = field(default=None, repr=False)
+    _model: object = field(default=None, repr=False)
+
+    @property
+    def T(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_layers(self) -> int:
+        return self.first_token_mass.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.first_token_mass.shape[1]
+
+    def nbytes_host(self) -> int:
+        """Bytes of the arrays held on the host (what per-user state costs)."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    def head_pattern(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One head's attention pattern [T, T] (and its sink probability [T] for gpt-oss), recomputed with the
+        model's own attention function from that layer's q/k (kept, or re-captured by re-running the model)."""
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+            raise InputError(f"no layer {layer} / head {head}: the model has {self.n_layers} layers of "
+                             f"{self.n_heads} heads")
+        q, k = self.layer_qk(layer)
+        with torch.no_grad():
+            if self.arch == "gpt_oss":
+                cfg: GptOssConfig = self.config
+                kv = head // cfg.kv_groups  # GQA: the key head this query head reads
+                attn = self._model.blocks[layer].attn
+                sink = attn.sinks[head:head + 1]
+                pattern, sink_prob = attention_with_sinks(q[:, head:head + 1], k[:, kv:kv + 1], sink, attn.window)
+                return pattern[0].float().cpu().numpy(), sink_prob[0].float().cpu().numpy()
+            pattern = causal_attention(q[:, head:head + 1], k[:, head:head + 1])
+            return pattern[0].float().cpu().numpy(), None
+
+    def layer_qk(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, k) of one layer as the attention function sees them (rotated for gpt-oss), on the model's device."""
+        if self._qk is not None:
+            return self._qk[layer]
+        names = ([f"blocks.{layer}.attn.hook_q_rot", f"blocks.{layer}.attn.hook_k_rot"] if self.arch == "gpt_oss"
+                 else [f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"])
+        device = next(self._model.parameters()).device
+        _, cache = self._model.run_with_cache(torch.as_tensor(self.ids, device=device).long(), names_filter=names)
+        return cache[names[0]], cache[names[1]]
+
+
+def encode(model, text: str, chat: bool = False):
+    """The prompt as the model will see it: plain text, or (gpt-oss) the harmony chat rendering."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("empty prompt: type some text to analyse")
+    if chat:
+        if model.config.model_type != "gpt_oss":
+            raise InputError("harmony chat format is for gpt-oss models; GPT-2 reads raw text")
+        return model.tokenizer.render_harmony(text)
+    return model.tokenizer.encode_with_offsets(text)
+
+
+@torch.no_grad()
+def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = None) -> Trace:
+    """Tokenize `text`, run the model once with reducing hooks, and return the Trace."""
+    enc = encode(model, text, chat)
+    cfg = model.config
+    limit = min(cfg.max_position_embeddings, max_tokens or cfg.max_position_embeddings)
+    if len(enc.ids) > limit:
+        raise InputError(f"the prompt is {len(enc.ids)} tokens long; this model takes at most {limit} here")
+    if not enc.ids:
+        raise InputError("the prompt produced no tokens")
+    device = next(model.parameters()).device
+    ids = torch.tensor(enc.ids, device=device)
+    T = len(enc.ids)
+    is_oss = cfg.model_type == "gpt_oss"
+    L = len(model.blocks)
+    window = cfg.sliding_window if is_oss else 128  # GPT-2 gets gpt-oss's window as a yardstick
+    edges = distance_edges(T, window)
+    bucket = _bucket_index(T, edges, device)  # [T*T] bucket of each (query, key) pair; B for the future
+    B = len(edges) - 1
+
+    red: dict[str, list] = {k: [None] * L for k in ("first", "dist", "sink", "router", "idx", "w", "mlp", "norm")}
+    qk: dict[int, list] = {i: [None, None] for i in range(L)}
+    keep_qk = _qk_bytes(cfg, T) <= QK_KEEP_BYTES
+
+    def layer_of(hook) -> int:
+        return int(hook.name.split(".")[1])
+
+    def on_pattern(p, hook):  # [H, T, T] -> small reductions, on the device
+        i = layer_of(hook)
+        H = p.shape[0]
+        p = p.float()
+        red["first"][i] = p[:, 1:, 0].mean(-1) if T > 1 else torch.zeros(H, device=p.device)
+        mass = torch.zeros(H, B + 1, device=p.device).scatter_add_(1, bucket.expand(H, -1), p.reshape(H, -1))
+        red["dist"][i] = mass[:, :B] / T  # mean over queries; the extra column held the (zero) future keys
+
+    def grab(key, fn=lambda x: x):
+        def hook_fn(x, hook):
+            red[key][layer_of(hook)] = fn(x)
+        return hook_fn
+
+    def keep(slot):
+        def hook_fn(x, hook):
+            qk[layer_of(hook)][slot] = x
+        return hook_fn
+
+    rms = lambda x: x.float().pow(2).mean(-1).sqrt()  # noqa: E731  [T, d] -> [T]
+    hooks = [(f"blocks.{i}.attn.hook_pattern", on_pattern) for i in range(L)]
+    hooks += [(f"blocks.{i}.hook_resid_post", grab("norm", rms)) for i in range(L)]
+    emb: dict[str, torch.Tensor] = {}
+    hooks.append(("hook_embed", lambda x, h: emb.__setitem__("tok", x)))
+    if is_oss:
+        hooks += [(f"blocks.{i}.attn.hook_sink_prob", grab("sink")) for i in range(L)]
+        hooks += [(f"blocks.{i}.mlp.hook_router_logits", grab("router")) for i in range(L)]
+        hooks += [(f"blocks.{i}.mlp.hook_expert_idx", grab("idx")) for i in range(L)]
+        hooks += [(f"blocks.{i}.mlp.hook_expert_weight", grab("w")) for i in range(L)]
+        if keep_qk:
+            hooks += [(f"blocks.{i}.attn.hook_q_rot", keep(0)) for i in range(L)]
+            hooks += [(f"blocks.{i}.attn.hook_k_rot", keep(1)) for i in range(L)]
+    else:
+        hooks += [(f"blocks.{i}.mlp.hook_pre", grab("mlp", lambda x: (x > 0).float().mean(-1))) for i in range(L)]
+        hooks.append(("hook_pos_embed", lambda x, h: emb.__setitem__("pos", x)))
+        if keep_qk:
+            hooks += [(f"blocks.{i}.attn.hook_q", keep(0)) for i in range(L)]
+            hooks += [(f"blocks.{i}.attn.hook_k", keep(1)) for i in range(L)]
+
+    start = time.perf_counter()
+    with model.hooks(hooks):
+        logits = model(ids)  # [T, V]
+    probs = logits.float().softmax(-1)
+    top_p, top_i = probs.topk(TOP_K_PREDICTIONS, dim=-1)  # [T, 5]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    def host(key, dtype=np.float32):
+        return torch.stack(red[key]).cpu().numpy().astype(dtype)
+
+    top_ids = top_i.cpu().numpy()
+    tr = Trace(
+        model=getattr(model, "source", "?"), arch=cfg.model_type, config=cfg, text=enc.text, chat=chat,
+        ids=np.asarray(enc.ids, dtype=np.int64), tokens=list(enc.tokens), offsets=list(enc.offsets),
+        top_ids=top_ids, top_probs=top_p.cpu().numpy(),
+        top_tokens=[[model.tokenizer.decode([int(t)]) for t in row] for row in top_ids],
+        resid_norm=np.concatenate([rms(emb["tok"])[None].cpu().numpy(), host("norm")]),
+        first_token_mass=host("first"), distance_edges=edges, distance_mass=host("dist"), seconds=seconds,
+        _qk={i: tuple(v) for i, v in qk.items()} if keep_qk else None, _model=model,
+    )
+    if is_oss:
+        tr.sink_prob = host("sink")
+        tr.sinks = torch.stack([b.attn.sinks for b in model.blocks]).float().cpu().numpy()
+        tr.router_logits = host("router")
+        tr.expert_idx = host("idx", np.int16)
+        tr.expert_weight = host("w")
+    else:
+        tr.mlp_active = host("mlp")
+        pos = emb["pos"][:POS_SIM_MAX].float()
+        pos = pos / pos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        tr.pos_similarity = (pos @ pos.T).cpu().numpy()
+    return tr
+
+
+def _bucket_index(T: int, edges: np.ndarray, device) -> torch.Tensor:
+    """[1, T*T] int64: the distance bucket of each (query, key) pair, len(edges)-1 for keys in the future."""
+    q = torch.arange(T, device=device)[:, None]
+    k = torch.arange(T, device=device)[None, :]
+    dist = q - k  # [T, T]
+    e = torch.as_tensor(edges[1:-1], device=device)
+    idx = torch.bucketize(dist, e, right=True)  # edges[b] <= dist < edges[b+1] -> b
+    idx = torch.where(dist < 0, torch.full_like(idx, len(edges) - 1), idx)
+    return idx.reshape(1, T * T)
+
+
+def _qk_bytes(cfg, T: int) -> int:
+    if cfg.model_type == "gpt_oss":
+        per_layer = T * (cfg.num_attention_heads + cfg.num_key_value_heads) * cfg.head_dim
+        return cfg.num_hidden_layers * per_layer * 4
+    return cfg.n_layer * T * 2 * cfg.n_embd * 4
+
+
+def host_bytes(cfg, T: int) -> int:
+    """The host arrays a Trace of T tokens holds for this architecture (what `Trace.nbytes_host` will report),
+    computed from the config alone, e.g. to check gpt-oss-20b at 4096 tokens without running it."""
+    is_oss = cfg.model_type == "gpt_oss"
+    L = cfg.num_hidden_layers if is_oss else cfg.n_layer
+    H = cfg.num_attention_heads if is_oss else cfg.n_head
+    B = len(distance_edges(T, cfg.sliding_window if is_oss else 128)) - 1
+    n = T * 8 + T * TOP_K_PREDICTIONS * (8 + 4)  # ids; top ids (int64) and top probs (float32)
+    n += (L + 1) * T * 4 + L * H * 4 + (B + 1) * 8 + L * H * B * 4  # resid_norm, first_token, edges, distance
+    if is_oss:
+        E, k = cfg.num_local_experts, cfg.num_experts_per_tok
+        n += L * H * T * 4 + L * H * 4 + L * T * E * 4 + L * T * k * (2 + 4)
+    else:
+        P = min(T, POS_SIM_MAX)
+        n += L * T * 4 + P * P * 4
+    return n
