@@ -86,3 +86,17 @@ def gptoss_dir(tmp_path_factory, tokenizer_json):
 @pytest.fixture(scope="session", params=[False, True], ids=["official-names", "transformer-prefix"])
 def gpt2_dir(request, tmp_path_factory, tokenizer_json):
     return make_gpt2_dir(tmp_path_factory.mktemp("gpt2"), tokenizer_json, prefixed=request.param)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped without one, except that TRITON_INTERPRET=1 runs the
+    kernel tests that allow it on the CPU through Triton's interpreter (small shapes; see test_kernels_gpu.py)."""
+    import os
+
+    if torch.cuda.is_available():
+        return
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not (interpret and "interpretable" in item.keywords):
+            item.add_marker(skip)

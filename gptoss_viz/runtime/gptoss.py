@@ -122,6 +122,14 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint("[H, T, T]")
         self.hook_sink_prob = HookPoint("[H, T]", replaceable=False)  # the sink has no value: nothing reads it
         self.hook_out = HookPoint("[T, d]")
+        self.use_kernels = True  # allow the Triton kernel where it computes the same thing (see fast_path_ok)
+        self.last_path = None  # "triton" or "reference": which path the last forward took
+
+    def fast_path_ok(self, q: torch.Tensor) -> bool:
+        """The fused kernel never forms the [H, T, T] pattern, so it runs only when no hook listens to (or
+        replaces) hook_pattern, and only on CUDA in half precision (fp32 loads are for exact comparisons)."""
+        return (self.use_kernels and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+                and not self.hook_pattern.active and _kernels_available(q.device))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window=None) -> torch.Tensor:
         *lead, T, _ = x.shape
@@ -132,10 +140,21 @@ class Attention(nn.Module):
         q = self.hook_q_rot(apply_rope(q, cos, sin))
         k = self.hook_k_rot(apply_rope(k, cos, sin))
         window = self.window if window is None else window
-        pattern, sink_prob = attention_with_sinks(q, k, self.sinks, window)
-        pattern = self.hook_pattern(pattern)
-        self.hook_sink_prob(sink_prob)  # observed from the same softmax; the sink has no value to mix in
-        out = attend(pattern, v).reshape(*lead, T, H * D)  # [T, H, D] -> [T, H*D]
+        if self.fast_path_ok(q):
+            from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
+
+            want_sink = self.hook_sink_prob.active
+            out, sink_prob = attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink)
+            if want_sink:
+                self.hook_sink_prob(sink_prob)  # [H, T] from the same softmax: exp(sink - logsumexp)
+            self.last_path = "triton"
+        else:
+            pattern, sink_prob = attention_with_sinks(q, k, self.sinks, window)
+            pattern = self.hook_pattern(pattern)
+            self.hook_sink_prob(sink_prob)  # observed from the same softmax; the sink has no value to mix in
+            out = attend(pattern, v)  # [T, H, D]
+            self.last_path = "reference"
+        out = out.reshape(*lead, T, H * D)  # [T, H, D] -> [T, H*D]
         return self.hook_out(self.o_proj(out))
 
 
@@ -217,13 +236,34 @@ class MoE(nn.Module):
         self.hook_expert_idx = HookPoint("[T, k]")
         self.hook_expert_weight = HookPoint("[T, k]")
         self.hook_out = HookPoint("[T, d]")
+        self.use_kernels = True
+        self.last_path = None
+
+    def fast_path_ok(self, x: torch.Tensor) -> bool:
+        """Every MoE hook sees the same tensors on both paths (the kernel replaces only `combine`); the kernel
+        reads packed MXFP4 weights and half-precision activations on CUDA."""
+        return (self.use_kernels and x.is_cuda and self.experts.packed
+                and x.dtype in (torch.bfloat16, torch.float16) and _kernels_available(x.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
         idx, weight = route(logits, self.k)  # [T, k] each
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
-        return self.hook_out(self.combine(x, idx, weight))
+        if self.fast_path_ok(x):
+            from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+
+            ex = self.experts
+            d = x.shape[-1]
+            out = moe_mxfp4(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
+                            ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias,
+                            ex.limit, ex.alpha).view_as(x)
+            self.last_path = "triton"
+        else:
+            out = self.combine(x, idx, weight)
+            self.last_path = "reference"
+        return self.hook_out(out)
 
     def combine(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_j weight[t, j] * expert_{idx[t, j]}(x[t]), running each expert once on the tokens routed to it."""
@@ -287,6 +327,7 @@ class GptOss(HookedModel):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tokenizer = None  # set by load_model
+        self.last_path = None  # {"attention": ..., "moe": ...}: which path each part of the last forward took
         self.setup_hooks()
 
     def rope(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +342,36 @@ class GptOss(HookedModel):
         cos, sin = self.rope(ids.shape[-1], ids.device)
         for block in self.blocks:
             x = block(x, cos, sin, window if block.attn.window is not None else None)
+        self.last_path = self._paths_taken()
         return self.lm_head(self.norm(x))  # [T, V]
+
+    @property
+    def use_kernels(self) -> bool:
+        """Whether the Triton fast paths may run (CUDA only; per layer, hooks that need full tensors still get
+        the reference path). False forces the reference path everywhere, e.g. to compare the two."""
+        return all(b.attn.use_kernels and b.mlp.use_kernels for b in self.blocks)
+
+    @use_kernels.setter
+    def use_kernels(self, on: bool) -> None:
+        for b in self.blocks:
+            b.attn.use_kernels = b.mlp.use_kernels = bool(on)
+
+    def _paths_taken(self) -> dict[str, str]:
+        """{"attention": ..., "moe": ...}: "triton", "reference", or "mixed (triton: layers [...])"."""
+        def summary(paths: list) -> str:
+            if len(set(paths)) == 1:
+                return paths[0]
+            fast = [i for i, p in enumerate(paths) if p == "triton"]
+            return f"mixed (triton: layers {fast}, reference: the rest)"
+        return {"attention": summary([b.attn.last_path for b in self.blocks]),
+                "moe": summary([b.mlp.last_path for b in self.blocks])}
+
+
+def _kernels_available(device: torch.device) -> bool:
+    """Imported here, not at the top: the kernels package (and Triton) is touched only for CUDA tensors."""
+    from gptoss_viz.runtime.kernels import available
+
+    return available(device)
 
 
 def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:

@@ -1,0 +1,100 @@
+"""Causal GQA attention with learned sinks and an optional sliding window, without materialising the pattern.
+
+Computes what gptoss.attention_with_sinks followed by gptoss.attend computes (SPEC.md, "Attention sinks"):
+softmax over [scores of the allowed keys, sink logit], the sink column dropped, the rest mixing the values.
+Flash-attention style (Dao et al. 2022, arXiv 2205.14135): each program holds BM queries of one head and walks
+the allowed keys BN at a time with a running max m and running sum l. The sink is one more column with no value
+vector, so the running state simply starts at it: m = sink, l = exp(sink - m) = 1, acc = 0. At the end
+out = acc / l and the sink probability is exp(sink - m) / l = exp(sink - logsumexp), one number per row: cheap
+to return when a hook asks for it. Sliding layers start the key loop at the window's first key, so they cost
+O(T * window) instead of O(T^2).
+
+Scores are bf16 q . k accumulated in fp32 (the reference upcasts q and k and multiplies in fp32: the products of
+bf16 values are exact in fp32 in both, only the summation order differs), the softmax is fp32 (exp2 with the
+log2(e) folded into the scale), and probabilities are cast to the value dtype for the p @ v product, as the
+reference casts its pattern before `attend`.
+
+Letters: B sequences, T tokens, H query heads, K key/value heads, D head dim; head h reads KV head h // (H/K).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
+                       T, window, qk_scale,
+                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, spb, sph,
+                       GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       WRITE_SINK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    kvh = h // GROUP
+    q_start = pid_m * BM
+    rm = q_start + tl.arange(0, BM)  # query positions
+    rd = tl.arange(0, D)
+    mask_m = rm < T
+    q = tl.load(q_ptr + b * sqb + rm[:, None] * sqt + h * sqh + rd[None, :], mask=mask_m[:, None], other=0.0)
+    LOG2E: tl.constexpr = 1.4426950408889634
+    sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E  # the sink logit is not scaled by 1/sqrt(D)
+    m_i = tl.zeros([BM], dtype=tl.float32) + sink  # running max, starting at the sink column
+    l_i = tl.zeros([BM], dtype=tl.float32) + 1.0  # running sum of exp(. - m): the sink's own exp(0)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    lo = q_start - window + 1  # the first query's first key
+    lo = (lo * (lo > 0) // BN) * BN  # clamped at 0, down to its key block
+    # causal: no key after the last query (keys past T are masked for every row that is stored)
+    for n0 in range(lo, q_start + BM, BN):
+        rn = n0 + tl.arange(0, BN)
+        kt = tl.load(k_ptr + b * skb + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :],
+                     other=0.0)  # [D, BN]
+        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
+        allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: m_i starts at the sink
+        rescale = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * rescale + tl.sum(p, 1)
+        v = tl.load(v_ptr + b * svb + rn[:, None] * svt + kvh * svh + rd[None, :], mask=(rn < T)[:, None],
+                    other=0.0)  # [BN, D]
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + b * sob + rm[:, None] * sot + h * soh + rd[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=mask_m[:, None])
+    if WRITE_SINK:
+        tl.store(sp_ptr + b * spb + h * sph + rm, tl.exp2(sink - m_i) / l_i, mask=mask_m)
+
+
+def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
+                               window: int | None = None, scale: float | None = None, want_sink: bool = False,
+                               block_m: int = 64, block_n: int = 64):
+    """q [..., T, H, D], k/v [..., T, K, D], sinks [H] -> (out [..., T, H, D] in q.dtype,
+    sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v)."""
+    *lead, T, H, D = q.shape
+    K = k.shape[-2]
+    if H % K:
+        raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head dim {D} must be a power of two >= 16 for this kernel")
+    scale = D ** -0.5 if scale is None else scale
+    q3, k3, v3 = (t.reshape(-1, T, t.shape[-2], D) for t in (q, k, v))  # [B, T, heads, D]
+    q3, k3, v3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3))
+    B = q3.shape[0]
+    out = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
+    sink_prob = torch.empty(B, H, T, device=q.device, dtype=torch.float32) if want_sink else out
+    win = T + block_m if window is None else int(window)  # a window longer than the sequence = full causal
+    grid = (triton.cdiv(T, block_m), H, B)
+    _attn_sinks_kernel[grid](
+        q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
+        q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
+        v3.stride(0), v3.stride(1), v3.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        sink_prob.stride(0) if want_sink else 0, sink_prob.stride(1) if want_sink else 0,
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, num_warps=4, num_stages=2)
+    out = out.view(*lead, T, H, D)
+    return out, (sink_prob.view(*lead, H, T) if want_sink else None)

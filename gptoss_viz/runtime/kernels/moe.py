@@ -1,0 +1,196 @@
+"""Mixture of experts with MXFP4 expert weights, dequantized inside Triton matmuls (never expanded in memory).
+
+Computes exactly what gptoss.MoE.combine computes (SPEC.md, "Expert"): for each token t and each of its k chosen
+experts e, y_e = W2_e swiglu_clamped(W1_e x_t + b1_e) + b2_e, and out_t = sum_j weight[t, j] y_{idx[t, j]}.
+
+How: the (token, slot) assignments are sorted by expert (schedule.moe_schedule); each program of a kernel takes
+BM consecutive rows of one expert and BN output columns, and walks the input dimension BK values at a time,
+decoding that slice of the expert's packed weights (uint8 blocks + E8M0 scales, the checkpoint's own layout) to
+the activation dtype in registers before the tensor-core dot. Accumulation is fp32.
+  1. gate_up: rows are gathered from x by token; + bias, then the clamped SwiGLU on the interleaved gate/up
+     columns (2j = gate_j, 2j+1 = up_j) before anything is written: out [A, I].
+  2. down: + bias, times the routing weight, written in fp32 to the assignment's own row (t * k + j), so the
+     k contributions of a token are summed afterwards in a fixed order (deterministic, no atomics).
+
+MXFP4 decoding (OCP Microscaling spec v1.0; mxfp4.py is the reference): a nibble s|e1 e0|m is placed at bits 15
+and 11..9 of an fp16 word, which makes the fp16 number exactly fp4 * 2^-14 for all 16 codes (e = 0 lands on the
+fp16 subnormal 0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
+2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240; trained checkpoints sit
+near 127, and 255 (NaN) is rejected at load.
+
+Letters: N tokens, d hidden, I expert width, E experts, k experts per token, A = N * k assignments.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gptoss_viz.runtime.kernels.schedule import moe_schedule
+
+
+@triton.jit
+def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
+                  BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
+    """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE."""
+    rb = tl.arange(0, BK // 2)
+    byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
+                   mask=mask_n[:, None], other=0).to(tl.uint16)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
+    rs = tl.arange(0, BK // 32)
+    s = tl.load(scl_ptr + rn[:, None] * stride_sn + (k0 // 32 + rs)[None, :],
+                mask=mask_n[:, None], other=127).to(tl.int32)  # [BN, BK/32] E8M0 exponents
+    scale = ((s + 14) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127) * 2^14
+    lo = byte & 15
+    hi = byte >> 4
+    lo = (((lo & 7) << 9) | ((lo & 8) << 12)).to(tl.float16, bitcast=True)  # fp4 * 2^-14, exact
+    hi = (((hi & 7) << 9) | ((hi & 8) << 12)).to(tl.float16, bitcast=True)
+    lo = (lo.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2)
+    hi = (hi.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2)
+    return tl.join(lo, hi).reshape(BN, BK).to(DTYPE)  # interleave: column 2b from lo, 2b+1 from hi
+
+
+@triton.jit
+def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
+                           tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                           K, N, stride_xm, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
+                           limit, alpha,
+                           TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(tile_start_ptr + pid_m)
+    end = tl.load(tile_end_ptr + pid_m)
+    if start >= end:  # a spare tile of the static grid
+        return
+    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    rm = start + tl.arange(0, BM)  # grouped rows
+    mask_m = rm < end
+    tok = (tl.load(order_ptr + rm, mask=mask_m, other=0) // TOP_K).to(tl.int64)  # token of each row
+    rn = pid_n * BN + tl.arange(0, BN)  # gate_up output rows (interleaved gate/up)
+    mask_n = rn < N
+    rk = tl.arange(0, BK)
+    blk = blk_ptr + e * stride_be
+    scl = scl_ptr + e * stride_se
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        x = tl.load(x_ptr + tok[:, None] * stride_xm + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
+        w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, x.dtype)  # [BN, BK]
+        acc = tl.dot(x, tl.trans(w), acc)  # [BM, BN] fp32
+    h = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(h.reshape(BM, BN // 2, 2))  # [BM, BN/2] each
+    gate = tl.minimum(gate, limit)  # clamped above only
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    a = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    ri = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+    tl.store(out_ptr + rm[:, None].to(tl.int64) * stride_om + ri[None, :], a.to(out_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & (ri < N // 2)[None, :])
+
+
+@triton.jit
+def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_ptr,
+                 tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                 K, N, stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_ym,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(tile_start_ptr + pid_m)
+    end = tl.load(tile_end_ptr + pid_m)
+    if start >= end:
+        return
+    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    rm = start + tl.arange(0, BM)
+    mask_m = rm < end
+    dest = tl.load(order_ptr + rm, mask=mask_m, other=0).to(tl.int64)  # assignment id t * k + j of each row
+    rn = pid_n * BN + tl.arange(0, BN)
+    mask_n = rn < N
+    rk = tl.arange(0, BK)
+    blk = blk_ptr + e * stride_be
+    scl = scl_ptr + e * stride_se
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        a = tl.load(a_ptr + rm[:, None].to(tl.int64) * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None],
+                    other=0.0)
+        w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype)
+        acc = tl.dot(a, tl.trans(w), acc)
+    y = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = y * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+    tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _block_m(rows_per_expert: float) -> int:
+    """Rows per tile from the mean rows per expert: small tiles waste less on short groups, large ones decode
+    each weight tile for more rows (the decode is repeated once per tile)."""
+    for bm in (16, 32, 64):
+        if rows_per_expert <= bm:
+            return bm
+    return 128
+
+
+# (BN, BK, num_warps, num_stages) per kernel and rows per tile BM. Chosen from ptxas reports for sm_90 (no
+# register spills; wgmma from BM = 64): the decoded [BN, BK] weight tile and the [BM, BN] accumulator share the
+# registers, so the larger BM pairs with 8 warps, and the down kernel's fp32 scatter epilogue keeps BN = 64 at BM = 128.
+GATE_UP_CONFIGS = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 64, 8, 3)}
+DOWN_CONFIGS = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (128, 64, 8, 3), 128: (64, 64, 8, 3)}
+
+
+def _fit(bn: int, bk: int, n: int, k: int) -> tuple[int, int]:
+    """Shrink the tile for small (test) shapes: BN at most the next power of two >= n (and >= 16, the smallest
+    dot), BK a divisor of k (k is a multiple of 32, the MXFP4 block)."""
+    p = 16
+    while p < n:
+        p *= 2
+    bn = min(bn, p)
+    while k % bk:
+        bk //= 2
+    return bn, bk
+
+
+def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+              gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+              down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+              limit: float, alpha: float, block_m: int | None = None,
+              configs: tuple[tuple, tuple] | None = None) -> torch.Tensor:
+    """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype.
+
+    Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
+    [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `block_m` and `configs` ((BN, BK, warps,
+    stages) for gate_up and for down) override the tables, for tuning sweeps.
+    """
+    N, d = x.shape
+    k = idx.shape[-1]
+    E, two_i = gate_up_bias.shape
+    I = two_i // 2
+    A = N * k
+    for name, t in (("gate_up_proj_blocks", gate_up_blocks), ("down_proj_blocks", down_blocks),
+                    ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernel walks the checkpoint layout)")
+    x = x.contiguous()
+    bm = block_m or _block_m(A / E)
+    sched = moe_schedule(idx, E, bm)
+    order = sched.order.to(torch.int32)
+
+    # 1. gate_up + bias + clamped SwiGLU: act [A, I], rows in expert-grouped order
+    act = torch.empty(A, I, device=x.device, dtype=x.dtype)
+    (bn1, bk1, w1, st1), (bn2, bk2, w2, st2) = configs or (GATE_UP_CONFIGS[bm], DOWN_CONFIGS[bm])
+    bn1, bk1 = _fit(bn1, bk1, two_i, d)
+    bn2, bk2 = _fit(bn2, bk2, d, I)
+    grid1 = (sched.n_tiles, triton.cdiv(two_i, bn1))
+    _gate_up_swiglu_kernel[grid1](
+        x, order, gate_up_blocks, gate_up_scales, gate_up_bias, act,
+        sched.tile_expert, sched.tile_start, sched.tile_end,
+        d, two_i, x.stride(0), gate_up_blocks.stride(0), d // 2, gate_up_scales.stride(0), d // 32,
+        gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
+        TOP_K=k, BM=bm, BN=bn1, BK=bk1, num_warps=w1, num_stages=st1)
+
+    # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d] (fp32)
+    y = torch.empty(A, d, device=x.device, dtype=torch.float32)
+    grid2 = (sched.n_tiles, triton.cdiv(d, bn2))
+    route_w = weight.reshape(-1).contiguous()
+    _down_kernel[grid2](
+        act, order, route_w, down_blocks, down_scales, down_bias, y,
+        sched.tile_expert, sched.tile_start, sched.tile_end,
+        I, d, act.stride(0), down_blocks.stride(0), I // 2, down_scales.stride(0), I // 32,
+        down_bias.stride(0), y.stride(0),
+        BM=bm, BN=bn2, BK=bk2, num_warps=w2, num_stages=st2)
+    return y.view(N, k, d).sum(1).to(x.dtype)  # each token's k weighted expert outputs, summed in fp32

@@ -1,0 +1,52 @@
+"""Tile schedule for the grouped MoE matmuls: which expert and which rows each Triton program handles.
+
+Plain torch, no host synchronisation (the grid size is a static upper bound, so the forward pass never waits on
+the GPU to learn how many tokens each expert got), and no Triton import, so it is tested on the CPU too.
+
+Letters: N tokens, k experts per token, A = N * k assignments (token, slot), E experts, BM rows per tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MoeSchedule:
+    order: torch.Tensor  # [A] assignment ids (t * k + j) sorted by expert, stable: row m of the grouped matmul
+    tile_expert: torch.Tensor  # [n_tiles] int32 expert of each tile
+    tile_start: torch.Tensor  # [n_tiles] int32 first grouped row of each tile (0 for unused tiles)
+    tile_end: torch.Tensor  # [n_tiles] int32 end of that expert's rows (0 for unused tiles: start == end)
+    n_tiles: int  # static upper bound on the number of tiles: the grid size
+
+
+def max_tiles(n_assignments: int, n_experts: int, block_m: int) -> int:
+    """sum_e ceil(c_e / BM) <= sum_e (c_e / BM + 1) = A / BM + E, whatever the routing."""
+    return -(-n_assignments // block_m) + min(n_experts, n_assignments)
+
+
+def moe_schedule(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule:
+    """Group the (token, slot) assignments of idx [N, k] by expert and cut each expert's rows into tiles of BM."""
+    flat = idx.reshape(-1)  # [A]
+    A = flat.numel()
+    order = torch.argsort(flat, stable=True)  # [A]
+    counts = torch.bincount(flat, minlength=n_experts)  # [E] rows per expert
+    ends = counts.cumsum(0)  # [E] end row of each expert's group
+    starts = ends - counts
+    tiles = (counts + block_m - 1) // block_m  # [E] tiles per expert
+    tile_ends = tiles.cumsum(0)
+    tile_begins = tile_ends - tiles
+    n = max_tiles(A, n_experts, block_m)
+    t = torch.arange(n, device=idx.device)
+    e = torch.searchsorted(tile_ends, t, right=True)  # [n] expert owning tile t; E past the last real tile
+    valid = e < n_experts
+    e = e.clamp(max=n_experts - 1)
+    start = starts[e] + (t - tile_begins[e]) * block_m
+    zero = torch.zeros_like(start)
+    return MoeSchedule(order=order,
+                       tile_expert=e.to(torch.int32),
+                       tile_start=torch.where(valid, start, zero).to(torch.int32),
+                       tile_end=torch.where(valid, ends[e], zero).to(torch.int32),
+                       n_tiles=n)
