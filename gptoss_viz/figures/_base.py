@@ -41,8 +41,10 @@ def style(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 42
         template=_theme(), font={"family": FONT, "size": 12}, height=height,
         margin={"l": 60, "r": 20, "t": 60, "b": 50}, hoverlabel={"font": {"family": "monospace"}},
     )
-    fig.update_xaxes(title_text=x)
-    fig.update_yaxes(title_text=y)
+    fig.update_xaxes(title_text=x, automargin=True)
+    fig.update_yaxes(title_text=y, automargin=True)
+    if y == "layer":  # whole layers only
+        fig.update_yaxes(dtick=1)
     return fig
 
 
