@@ -199,8 +199,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
     start = time.perf_counter()
     with model.hooks(hooks):
         logits = model(ids)  # [T, V]
-    probs = logits.float().softmax(-1)
-    top_p, top_i = probs.topk(TOP_K_PREDICTIONS, dim=-1)  # [T, 5]
+    top_p, top_i = top_predictions(logits)  # [T, 5] each
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -217,6 +216,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         resid_norm=np.concatenate([rms(emb["tok"])[None].cpu().numpy(), host("norm")]),
         first_token_mass=host("first"), distance_edges=edges, distance_mass=host("dist"), seconds=seconds,
         _qk={i: tuple(v) for i, v in qk.items()} if keep_qk else None, _model=model,
+        path=path_taken(model),
     )
     if is_oss:
         tr.sink_prob = host("sink")
@@ -230,6 +230,28 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         pos = pos / pos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         tr.pos_similarity = (pos @ pos.T).cpu().numpy()
     return tr
+
+
+def top_predictions(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int = 256):
+    """Top-k next tokens and their probabilities, [T, k] each, a few rows at a time: a whole fp32 softmax of
+    gpt-oss logits is 1.6 GB at 2048 tokens (T x 201088 x 4 bytes) for five numbers per token."""
+    probs, ids = [], []
+    for chunk in logits.split(rows):
+        logp, i = chunk.float().log_softmax(-1).topk(k, dim=-1)
+        probs.append(logp.exp())
+        ids.append(i)
+    return torch.cat(probs), torch.cat(ids)
+
+
+def path_taken(model) -> str:
+    """Which implementation ran the last forward: "reference", "triton", or per part (the gpt-oss model records
+    it in `last_path`; hooks that need full tensors, like the pattern reductions above, keep the reference)."""
+    last = getattr(model, "last_path", None)
+    if not isinstance(last, dict):
+        return "reference"
+    if len(set(last.values())) == 1:
+        return next(iter(last.values()))
+    return ", ".join(f"{part}: {p}" for part, p in last.items())
 
 
 def _bucket_index(T: int, edges: np.ndarray, device) -> torch.Tensor:
