@@ -248,12 +248,14 @@ def batch_stats(model, ids_list: list[list[int]], labels: list[str]) -> dict[str
             p = logits.softmax(-1)
             part.entropy_sum = (-(p * p.clamp_min(1e-300).log()).sum(-1) / math.log(E)).sum(-1).cpu().numpy()
             part.sink_sum = torch.stack([cap["sink"][i][b, :, :n] for i in range(L)]).double().sum(-1).cpu().numpy()
-            tok = ids_list[b]
-            idx_np = idx.numpy()
-            for layer in range(L):
-                for t in range(n):
-                    for e in idx_np[layer, t]:
-                        part.expert_tokens[(layer, int(e))][tok[t]] += 1
+            # (layer, expert, token id) triples counted at once, then filed per (layer, expert)
+            tok = np.asarray(ids_list[b], dtype=np.int64)
+            idx_np = idx.numpy().astype(np.int64)  # [L, n, k]
+            lay = np.broadcast_to(np.arange(L)[:, None, None], idx_np.shape)
+            tt = np.broadcast_to(tok[None, :, None], idx_np.shape)
+            keys, counts = np.unique(np.stack([lay.ravel(), idx_np.ravel(), tt.ravel()]), axis=1, return_counts=True)
+            for (layer, e, t), c in zip(keys.T.tolist(), counts.tolist()):
+                part.expert_tokens[(layer, e)][t] += c
         else:
             part.first_queries = n - 1
             part.first_sum = torch.stack([cap["first"][i][b, :, 1:n] for i in range(L)]).double().sum(-1).cpu().numpy()

@@ -17,6 +17,7 @@ import gradio as gr
 from gptoss_viz.errors import GptOssVizError
 from gptoss_viz.figures import views
 from gptoss_viz.trace import run_trace
+from gptoss_viz.ui.census_tab import census_tab
 from gptoss_viz.ui.export import export_html
 from gptoss_viz.ui.registry import Registry
 from gptoss_viz.ui.share import PromptStore, ViewState, from_query, to_query
@@ -81,7 +82,10 @@ def run_models(cfg: AppConfig, prompt: str, gptoss: str, gpt2: str, chat: bool, 
             continue
         model = cfg.registry.get(name, progress)
         use_chat = chat and key == "oss"
-        traces[key] = run_trace(model, prompt, chat=use_chat, max_tokens=cfg.max_tokens)
+        try:
+            traces[key] = run_trace(model, prompt, chat=use_chat, max_tokens=cfg.max_tokens)
+        except GptOssVizError as e:  # with two models on screen, say which one refused (e.g. GPT-2's 512 limit)
+            raise type(e)(f"{name}: {e}") from None
     if not traces:
         raise GptOssVizError("choose at least one model")
     return traces, prompt, notices
@@ -103,7 +107,8 @@ def status_line(traces: dict, prompt: str) -> str:
 
 
 def notice_md(notices: list[str]) -> str:
-    return "\n".join(f"⚠️ {html.escape(n)}" for n in notices)
+    # quote=False: quotes stay readable inside the `code` spans of messages (Markdown shows entities there as-is)
+    return "\n\n".join(f"⚠️ {html.escape(n, quote=False)}" for n in notices)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,8 +136,9 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 chat = gr.Checkbox(value=cfg.default.chat, label="gpt-oss reads it as a harmony chat turn",
                                    elem_id="chat")
                 analyze = gr.Button("Analyze", variant="primary", elem_id="analyze")
-        notice = gr.Markdown("", elem_id="notice")
-        status = gr.Markdown("", elem_id="status")
+        # labels name the outputs of the `analyze` endpoint for gradio_client users; they are not shown
+        notice = gr.Markdown("", label="notice", show_label=False, elem_id="notice")
+        status = gr.Markdown("", label="status", show_label=False, elem_id="status")
         with gr.Row():
             layer = gr.Slider(0, 3, value=cfg.default.layer, step=1, label="Layer", elem_id="layer")
             head = gr.Slider(0, 7, value=cfg.default.head, step=1, label="Head", elem_id="head")
@@ -143,12 +149,15 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 with gr.Tab(TAB_TITLES[tab], id=tab, elem_id=f"tab-{tab}"):
                     gr.Markdown(views.CAPTIONS[tab], elem_classes=["caption"])
                     slots.update(_tab(tab))
+            with gr.Tab("Census", id="census", elem_id="tab-census"):
+                census_tab(cfg, gptoss, gpt2)
         with gr.Row():
             share_btn = gr.Button("Copy share link", elem_id="share")
             share_box = gr.Textbox(label="Share link", interactive=False, elem_id="share-link", buttons=["copy"])
             png_btn = gr.Button("Download this tab as PNG", elem_id="tab-png")
             export_btn = gr.Button("Export this tab as HTML", elem_id="export")
-            export_file = gr.File(label="HTML export", interactive=False, elem_id="export-file")
+            # hidden until there is a file: empty, it showed a tall upload-like box
+            export_file = gr.File(label="HTML export", interactive=False, visible=False, elem_id="export-file")
         current_tab = gr.State(cfg.default.tab)
 
         outputs = [slots[(t, s)] for t in SLOTS for s in SLOTS[t]]
@@ -169,12 +178,15 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 log.exception("analyze failed")
                 return [gr.skip()] * 5 + [notice_md([f"internal error: {type(e).__name__}: {e}"]),
                                           gr.skip()] + [gr.skip()] * len(outputs)
+            tok = int(token_v) if -1 <= int(token_v) < first.T else -1  # the slider's range: -1 (last) .. T-1
             view = ViewState(prompt=text, gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,
-                             layer=sel.layer, head=sel.head, token=int(token_v))
+                             layer=sel.layer, head=sel.head, token=tok)
             new_state = {"traces": traces, "view": view}
-            return ([new_state, gr.Slider(maximum=first.n_layers - 1, value=sel.layer),
-                     gr.Slider(maximum=first.n_heads - 1, value=sel.head),
-                     gr.Slider(maximum=max(first.T - 1, 0), value=min(int(token_v), first.T - 1)), text,
+            # gr.update, not gr.Slider(...): the constructor refuses maximum <= its default minimum of 0, which a
+            # one-token prompt (token maximum 0) or a one-layer model would hit after the work is done
+            return ([new_state, gr.update(maximum=max(first.n_layers - 1, 1), value=sel.layer),
+                     gr.update(maximum=max(first.n_heads - 1, 1), value=sel.head),
+                     gr.update(maximum=max(first.T - 1, 0), value=tok), text,
                      notice_md(notices), status_line(traces, text)] + figs)
 
         analyze.click(
@@ -197,7 +209,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
 
         def on_tab(evt: gr.SelectData, st):
             tab_id = evt.value if isinstance(evt.value, str) and evt.value in SLOTS else None
-            for t, title in TAB_TITLES.items():  # gr.SelectData carries the tab's title
+            for t, title in {**TAB_TITLES, "census": "Census"}.items():  # gr.SelectData carries the tab's title
                 if evt.value == title:
                     tab_id = t
             if st and tab_id:
@@ -223,6 +235,8 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
         def on_export(st, tab_v, link):
             if not st:
                 return None, notice_md(["analyze a prompt first, then export"])
+            if tab_v not in SLOTS:
+                return None, notice_md(["the census has its own CSV and JSON downloads"])
             v: ViewState = st["view"]
             traces = st["traces"]
             first = traces.get("oss") or traces.get("gpt2")
@@ -233,7 +247,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                                views.CAPTIONS[tab_v])
             out = Path(tempfile.mkdtemp(prefix="gptoss-viz-export-")) / f"gptoss-viz-{tab_v}-{int(time.time())}.html"
             out.write_text(page, encoding="utf-8")
-            return str(out), ""
+            return gr.update(value=str(out), visible=True), ""
 
         export_btn.click(on_export, [state, current_tab, share_box], [export_file, notice], api_name=False)
         png_btn.click(None, None, None, js=(ASSETS / "tab_png.js").read_text(encoding="utf-8"), api_name=False)
@@ -254,20 +268,26 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 return [gr.skip()] * 10
             v, notices = from_query(params, cfg.store, cfg.registry.gptoss_choices + ["none"],
                                     cfg.registry.gpt2_choices + ["none"], cfg.default)
-            return [v.prompt, v.gptoss, v.gpt2, v.chat, gr.Slider(value=v.layer, maximum=max(v.layer, 1)),
-                    gr.Slider(value=v.head, maximum=max(v.head, 1)),
-                    gr.Slider(value=v.token, maximum=max(v.token, 0)), gr.Tabs(selected=v.tab), v.tab,
+            # gr.update, not gr.Slider(...): a constructor checks minimum < maximum against its own defaults
+            # (minimum 0), which token = -1 (the last token, in every default link) fails. The real maxima
+            # arrive with the analysis that follows.
+            return [v.prompt, v.gptoss, v.gpt2, v.chat, gr.update(value=v.layer, maximum=max(v.layer, 1)),
+                    gr.update(value=v.head, maximum=max(v.head, 1)),
+                    gr.update(value=v.token, maximum=max(v.token, 0)), gr.Tabs(selected=v.tab), v.tab,
                     notice_md(notices)]
 
-        def on_load_analyze(prompt_v, *rest):
+        def on_load_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, notice_v):
             """The page opens analysed: the default prompt, or the shared link's."""
             if not (prompt_v or "").strip():
                 return [gr.skip()] * (7 + len(outputs))
-            return on_analyze(prompt_v, *rest)
+            out = on_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v)
+            if notice_v:  # the link's own notices (invalid parameters fell back) stay on screen
+                out[5] = "\n\n".join(n for n in (notice_v, out[5]) if isinstance(n, str) and n)
+            return out
 
         demo.load(on_load, None, [prompt, gptoss, gpt2, chat, layer, head, token, tabs, current_tab, notice],
                   api_name=False).then(
-            _gpu(on_load_analyze), [prompt, gptoss, gpt2, chat, layer, head, token, current_tab],
+            _gpu(on_load_analyze), [prompt, gptoss, gpt2, chat, layer, head, token, current_tab, notice],
             [state, layer, head, token, prompt, notice, status] + outputs, api_name=False,
             concurrency_limit=1, concurrency_id="model")
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=1)
@@ -283,9 +303,10 @@ def _tab(tab: str) -> dict:
 
     def slot(name):
         if (tab, name) in HTML_SLOTS:
-            out[(tab, name)] = gr.HTML(elem_id=f"{tab}-{name}", elem_classes=["viz-html"])
+            out[(tab, name)] = gr.HTML(label=f"{tab}/{name}", show_label=False, elem_id=f"{tab}-{name}",
+                                       elem_classes=["viz-html"])
         else:
-            out[(tab, name)] = gr.Plot(elem_id=f"{tab}-{name}", show_label=False)
+            out[(tab, name)] = gr.Plot(label=f"{tab}/{name}", show_label=False, elem_id=f"{tab}-{name}")
 
     if not right:
         for n in left:

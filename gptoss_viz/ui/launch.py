@@ -39,7 +39,8 @@ def launch_kwargs() -> dict:
     js_dir = Path(plotly.__file__).parent / "package_data"
     return {"css": (ASSETS / "style.css").read_text(encoding="utf-8"),
             "head": f'<script src="/gradio_api/file={js_dir / "plotly.min.js"}"></script>',
-            "allowed_paths": [str(js_dir / "plotly.min.js")]}
+            "allowed_paths": [str(js_dir / "plotly.min.js")],
+            "max_file_size": "5mb"}  # the census limit: bigger uploads are refused by the server itself
 
 
 def launch(args) -> None:

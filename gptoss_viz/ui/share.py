@@ -44,7 +44,7 @@ class PromptStore:
         return pid
 
     def get(self, pid: str) -> str | None:
-        if not isinstance(pid, str) or not _ID.match(pid):
+        if not isinstance(pid, str) or not _ID.fullmatch(pid):  # fullmatch: "$" would allow a final "\n"
             return None
         path = self.root / f"{pid}.txt"
         try:
@@ -107,7 +107,7 @@ def from_query(params: dict, store: PromptStore, allowed_gptoss: list[str], allo
             else:
                 notices.append(f"model {str(params[key])[:80]!r} is not offered here; using {getattr(v, key)}")
     if "tab" in params:
-        if params["tab"] in TABS:
+        if params["tab"] in TABS + ("census",):
             v.tab = params["tab"]
         else:
             notices.append(f"unknown tab {str(params['tab'])[:40]!r}; showing {v.tab}")
