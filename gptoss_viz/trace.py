@@ -71,6 +71,7 @@ class Trace:
     # GPT-2
     mlp_active: np.ndarray | None = None  # [L, T] share of MLP neurons with a positive pre-activation
     pos_similarity: np.ndarray | None = None  # [P, P] cosine similarity of the position embeddings used
+    intervention: object = None  # the Intervention the model ran under, if any
     # on the model's device, for head patterns on request (None when too big: then the layer is re-run)
     _qk: dict | None = field(default=None, repr=False)
     _model: object = field(default=None, repr=False)
@@ -97,6 +98,8 @@ class Trace:
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
             raise InputError(f"no layer {layer} / head {head}: the model has {self.n_layers} layers of "
                              f"{self.n_heads} heads")
+        if self.intervention is not None and not self.intervention.is_noop():
+            return self._pattern_by_rerun(layer, head)
         q, k = self.layer_qk(layer)
         with torch.no_grad():
             if self.arch == "gpt_oss":
@@ -108,6 +111,24 @@ class Trace:
                 return pattern[0].float().cpu().numpy(), sink_prob[0].float().cpu().numpy()
             pattern = causal_attention(q[:, head:head + 1], k[:, head:head + 1])
             return pattern[0].float().cpu().numpy(), None
+
+    def _pattern_by_rerun(self, layer: int, head: int):
+        """Under an intervention (which may replace patterns or change the window), re-run it and read the
+        layer's pattern and sink probability as the model used them."""
+        names = [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_sink_prob"]
+        got: dict = {}
+        device = next(self._model.parameters()).device
+        ids = torch.as_tensor(self.ids, device=device).long()
+        grab = lambda x, h: got.__setitem__(h.name, x.detach())  # noqa: E731
+        with torch.no_grad(), self._model.hooks(self.intervention.hooks(self._model, self.T) +
+                                                [(n, grab) for n in names]):
+            self._model(ids, **self.intervention.forward_kwargs(self.T))
+        p = got[names[0]][head].float().cpu().numpy()
+        sink = got.get(names[1])
+        if sink is None:
+            return p, None
+        sink = sink[head].float().cpu().numpy()
+        return p, (np.zeros_like(sink) if (layer, head) in self.intervention.sinkless(self.config) else sink)
 
     def layer_qk(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(q, k) of one layer as the attention function sees them (rotated for gpt-oss), on the model's device."""
@@ -132,8 +153,9 @@ def encode(model, text: str, chat: bool = False):
 
 
 @torch.no_grad()
-def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = None) -> Trace:
-    """Tokenize `text`, run the model once with reducing hooks, and return the Trace."""
+def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = None, intervention=None) -> Trace:
+    """Tokenize `text`, run the model once with reducing hooks, and return the Trace. With an `intervention`
+    (gptoss_viz.interventions.Intervention) its hooks run first, so the Trace shows the changed model."""
     enc = encode(model, text, chat)
     cfg = model.config
     limit = min(cfg.max_position_embeddings, max_tokens or cfg.max_position_embeddings)
@@ -196,16 +218,22 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
             hooks += [(f"blocks.{i}.attn.hook_q", keep(0)) for i in range(L)]
             hooks += [(f"blocks.{i}.attn.hook_k", keep(1)) for i in range(L)]
 
+    fwd_kwargs = {}
+    if intervention is not None and not intervention.is_noop():
+        intervention.validate(cfg, T)
+        hooks = intervention.hooks(model, T) + hooks  # replacements first: the reductions see their result
+        fwd_kwargs = intervention.forward_kwargs(T)
     start = time.perf_counter()
     with model.hooks(hooks):
-        logits = model(ids)  # [T, V]
+        logits = model(ids, **fwd_kwargs)  # [T, V]
     top_p, top_i = top_predictions(logits)  # [T, 5] each
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
     def host(key, dtype=np.float32):
-        return torch.stack(red[key]).cpu().numpy().astype(dtype)
+        t = torch.stack(red[key])
+        return (t.float() if t.is_floating_point() else t).cpu().numpy().astype(dtype)  # numpy has no bf16
 
     top_ids = top_i.cpu().numpy()
     tr = Trace(
@@ -215,11 +243,14 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         top_tokens=[[model.tokenizer.decode([int(t)]) for t in row] for row in top_ids],
         resid_norm=np.concatenate([rms(emb["tok"])[None].cpu().numpy(), host("norm")]),
         first_token_mass=host("first"), distance_edges=edges, distance_mass=host("dist"), seconds=seconds,
-        _qk={i: tuple(v) for i, v in qk.items()} if keep_qk else None, _model=model,
+        _qk={i: tuple(v) for i, v in qk.items()} if keep_qk else None, _model=model, intervention=intervention,
         path=path_taken(model),
     )
     if is_oss:
         tr.sink_prob = host("sink")
+        if intervention is not None:  # a removed sink takes no probability: the pattern was renormalised
+            for layer, head in intervention.sinkless(cfg):
+                tr.sink_prob[layer, head] = 0.0
         tr.sinks = torch.stack([b.attn.sinks for b in model.blocks]).float().cpu().numpy()
         tr.router_logits = host("router")
         tr.expert_idx = host("idx", np.int16)

@@ -204,36 +204,57 @@ def test_attention_kernel_batched_and_strided():
 
 @pytest.mark.skipif(not CUDA, reason="full-size layers need the GPU")
 def test_fast_path_equals_reference_at_20b_layer_shapes():
+    """Each layer of a 20b-shaped model (one sliding, one full) on the same input through the fast path, the
+    reference path and fp32; then the whole model, which path it reports, and a pattern hook forcing one layer
+    back to the reference path while the other stays fast."""
     from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
 
-    cfg = gptoss_config("20b", num_hidden_layers=2, vocab_size=2048)  # one sliding and one full layer
+    cfg = gptoss_config("20b", num_hidden_layers=2, vocab_size=2048)
     model = random_packed_model(cfg, "cuda", seed=3)
-    exact = copy.deepcopy(model).float()  # same bf16 values upcast; MXFP4 experts stay packed (exact in fp32)
-    exact.use_kernels = False
     T = 300  # longer than the 128-token window, not a multiple of any tile
-    ids = torch.randint(0, cfg.vocab_size, (T,), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    names = lambda n: n.endswith(("hook_resid_post", "hook_sink_prob", "hook_expert_idx", "attn.hook_out",  # noqa
-                                  "mlp.hook_out"))
+    g = torch.Generator("cuda").manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (T,), device="cuda", generator=g)
+    cos, sin = model.rope(T, "cuda")
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            x = (torch.randn(T, cfg.hidden_size, device="cuda", generator=g)).to(DTYPE)
+            attn = block.attn
+            outs = {}
+            for on in (True, False):
+                attn.use_kernels = on
+                outs[on] = attn(x, cos, sin)
+                assert attn.last_path == ("triton" if on else "reference")
+            exact = copy.deepcopy(attn).float()(x.float(), cos, sin)
+            check_no_worse(outs[True], outs[False], exact, f"layer {i} ({attn.window=}) attention")
+            # MoE: the router is the same bf16 linear on both paths, so both see the same experts
+            mlp = block.mlp
+            weight, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
+            weight = weight.softmax(-1)
+            from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+
+            ex = mlp.experts
+            fast = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                             ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+            check_no_worse(fast, mlp.combine(x, idx, weight), moe_exact(mlp, x, idx, weight), f"layer {i} MoE")
+
+    # The whole model: routing decisions can flip on bf16 ties between the paths, so compare loosely here
+    names = ["blocks.0.attn.hook_sink_prob", "blocks.1.attn.hook_sink_prob"]
     model.use_kernels = True
     logits_f, fast = model.run_with_cache(ids, names)
     assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
     model.use_kernels = False
     logits_r, ref = model.run_with_cache(ids, names)
     assert model.last_path == {"attention": "reference", "moe": "reference"}, model.last_path
-    logits_x, ex = exact.run_with_cache(ids, names)
-    for i in range(cfg.num_hidden_layers):
-        b = f"blocks.{i}"
-        agree = (fast[f"{b}.mlp.hook_expert_idx"] == ref[f"{b}.mlp.hook_expert_idx"]).float().mean().item()
-        assert agree >= 0.98, f"layer {i}: only {agree:.3f} of the expert choices agree between the paths"
-        for name in ("attn.hook_out", "mlp.hook_out", "hook_resid_post"):
-            check_no_worse(fast[f"{b}.{name}"], ref[f"{b}.{name}"], ex[f"{b}.{name}"], f"layer {i} {name}")
-    worst = (fast["blocks.0.attn.hook_sink_prob"] - ref["blocks.0.attn.hook_sink_prob"]).abs().max().item()
+    worst = (fast[names[0]] - ref[names[0]]).abs().max().item()  # layer 0 sees identical inputs on both paths
     assert worst <= SINK_ATOL, f"layer 0 sink probability: fast and reference differ by {worst:.3g}"
-    check_no_worse(logits_f, logits_r, logits_x, "logits")
+    err = rel_err(logits_f, logits_r)
+    top1 = (logits_f.argmax(-1) == logits_r.argmax(-1)).float().mean().item()
+    assert err < 0.05 and top1 > 0.9, f"whole model: logits differ by {err:.3g} (relative), top-1 agrees {top1:.3f}"
 
     # A pattern hook needs the full map: that layer takes the reference path, the other stays fast, and says so.
     model.use_kernels = True
     _, cache = model.run_with_cache(ids, ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_sink_prob"])
     assert model.last_path["attention"].startswith("mixed (triton: layers [1]"), model.last_path
+    assert model.last_path["moe"] == "triton"
     rows = cache["blocks.0.attn.hook_pattern"].sum(-1) + cache["blocks.0.attn.hook_sink_prob"]
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5), "pattern rows + sink do not sum to 1"

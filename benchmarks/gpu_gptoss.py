@@ -1,0 +1,429 @@
+"""GPU benchmark of the gpt-oss runtime on full-size random weights (issue 6): memory, speed against the hardware
+bound, the cost of tracing, and transformers' GptOssForCausalLM on the same weights in the same run.
+
+    python benchmarks/gpu_gptoss.py --out benchmarks/results/gpu_gptoss.json
+
+Phases (each guarded, results written after each so a cut-off run keeps what it measured):
+  ceilings  measured bf16 matmul rate and device-to-device copy bandwidth of this GPU (the bounds use both these
+            and SPEC.md's datasheet numbers)
+  gen20b    write a random gpt-oss-20b checkpoint in Hub format to disk (benchmarks/make_random_gptoss.py)
+  ours20b   load it (host-memory peak sampled), then per prompt length: un-instrumented forward (fast path),
+            the "lean" trace (sink probabilities, routing, residuals, rotated q/k on every layer: all on the fast
+            path), the full trace of gptoss_viz.trace.run_trace (which also reduces every layer's attention
+            pattern, so attention takes the reference path), the reference path alone at 1024, and one MoE layer
+            and one attention layer in isolation
+  oss120b   gpt-oss-120b built directly in GPU memory (65 GB does not fit the disk next to 20b): forward time
+            and trace memory
+  hf20b     transformers on the same 20b checkpoint: eager attention with output_attentions and router logits,
+            as an analysis user would run it (MXFP4 dequantized to bf16 at load: transformers' kernels for
+            packed MXFP4 need the `kernels` package and the Hub)
+
+Timings are CUDA-event medians after warm-up; memory is torch.cuda.max_memory_allocated around one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import logging
+import math
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gptoss_viz import load_model  # noqa: E402
+from gptoss_viz.runtime.random_checkpoint import gptoss_config, plan_bytes, random_packed_model, tensor_plan  # noqa
+from gptoss_viz.runtime.tokenizer import Encoded  # noqa: E402
+
+log = logging.getLogger("gpu_gptoss")
+GiB = 1 << 30
+SPEC_TFLOPS = 989e12  # H100/H200 SXM dense bf16 (SPEC.md)
+SPEC_BW = {"H100": 3.35e12, "H200": 4.8e12}
+DEV = "cuda"  # the GPU (a module constant so the script's logic can be dry-run on the CPU)
+KEEP_AT = 512  # prompt length at which our logits are kept to compare with transformers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring
+
+def gpu_ms(fn, warmup: int = 2, reps: int = 5) -> float:
+    """Median CUDA-event time of fn() in ms."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_bytes(fn) -> int:
+    """Peak GPU memory allocated during one fn() (everything resident counted: weights included)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    del out
+    return torch.cuda.max_memory_allocated()
+
+
+class HostMemory:
+    """Samples this process's resident memory (anonymous = heap, file = mapped checkpoint pages) every 10 ms."""
+
+    def __init__(self):
+        self.peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read() -> dict:
+        out = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(val.split()[0]) * 1024
+        return out
+
+    def _run(self):
+        while not self._stop.is_set():
+            for k, v in self.read().items():
+                self.peak[k] = max(self.peak[k], v)
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self.start = self.read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class IdsOnly:
+    """Tokenizer stand-in so run_trace sees exactly the token ids we choose (random weights: the text is moot)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def encode_with_offsets(self, text: str) -> Encoded:
+        return Encoded(text, list(self.ids), [(0, 0)] * len(self.ids), ["."] * len(self.ids))
+
+    def decode(self, ids) -> str:
+        return "."
+
+
+def prefill_flops(cfg, T: int) -> float:
+    """Matmul FLOPs of one prefill: 2 per active weight per token, the lm_head, and q.k + p.v over the allowed
+    (query, key) pairs of each layer (causal; sliding layers see at most `sliding_window` keys)."""
+    f = 2 * T * cfg.parameter_counts()["active"] + 2 * T * cfg.vocab_size * cfg.hidden_size
+    for kind in cfg.layer_types:
+        W = cfg.sliding_window if kind == "sliding_attention" else T
+        pairs = sum(min(i + 1, W) for i in range(T))
+        f += 4 * cfg.num_attention_heads * cfg.head_dim * pairs
+    return float(f)
+
+
+def bound_ms(cfg, T: int, tflops: float, bw: float) -> dict:
+    flops, nbytes = prefill_flops(cfg, T), plan_bytes(tensor_plan(cfg))
+    return {"flops": flops, "weight_bytes": nbytes, "compute_ms": flops / tflops * 1e3,
+            "bandwidth_ms": nbytes / bw * 1e3, "bound_ms": max(flops / tflops, nbytes / bw) * 1e3}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phases
+
+def phase_env(R: dict) -> None:
+    p = torch.cuda.get_device_properties(0)
+    import triton
+    R["env"] = {"gpu": p.name, "gpu_memory_bytes": p.total_memory, "sms": p.multi_processor_count,
+                "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__}
+    try:
+        import transformers
+        R["env"]["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+
+
+def phase_ceilings(R: dict) -> None:
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    ms = gpu_ms(lambda: a @ b, warmup=3, reps=10)
+    x = torch.randn(1 << 30, device=DEV, dtype=torch.bfloat16)  # 2 GiB
+    y = torch.empty_like(x)
+    ms_copy = gpu_ms(lambda: y.copy_(x), warmup=2, reps=10)
+    R["ceilings"] = {"matmul_tflops": 2 * 8192 ** 3 / ms * 1e-9, "copy_bytes_per_s": 2 * x.numel() * 2 / ms_copy * 1e3}
+    name = R["env"]["gpu"]
+    R["ceilings"]["spec_bytes_per_s"] = SPEC_BW["H200" if "H200" in name else "H100"]
+
+
+def phase_gen20b(R: dict, ckpt: Path) -> None:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_random_gptoss.py"), "--size", "20b",
+                          "--out", str(ckpt), "--device", "cuda"], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    R["gen20b"] = {"seconds": time.perf_counter() - t0, "files": sorted(p.name for p in ckpt.iterdir()),
+                   "bytes_on_disk": sum(p.stat().st_size for p in ckpt.iterdir())}
+
+
+def lean_names(L: int) -> list[str]:
+    names = []
+    for i in range(L):
+        names += [f"blocks.{i}.attn.hook_q_rot", f"blocks.{i}.attn.hook_k_rot", f"blocks.{i}.attn.hook_sink_prob",
+                  f"blocks.{i}.mlp.hook_router_logits", f"blocks.{i}.mlp.hook_expert_idx",
+                  f"blocks.{i}.mlp.hook_expert_weight", f"blocks.{i}.hook_resid_post"]
+    return names
+
+
+def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: float, reference_at=1024,
+                  keep_logits_at=None) -> dict:
+    """Per prompt length: forward, lean trace, full trace (time and peak memory); returns kept logits."""
+    from gptoss_viz.trace import run_trace
+
+    kept = {}
+    g = torch.Generator(device=DEV).manual_seed(0)
+    ids_all = torch.randint(0, 8000, (max(lengths),), device=DEV, generator=g)
+    R_model["weights_bytes_on_gpu"] = torch.cuda.memory_allocated()
+    names = lean_names(cfg.num_hidden_layers)
+    tok = model.tokenizer
+    for T in lengths:
+        if time.monotonic() > deadline:
+            R_model.setdefault("skipped", []).append(f"T={T}: out of time")
+            continue
+        ids = ids_all[:T]
+        row = {"T": T}
+        with torch.inference_mode():
+            model.use_kernels = True
+            row["forward_ms"] = gpu_ms(lambda: model(ids))
+            row["forward_path"] = model.last_path
+            row["forward_peak_bytes"] = peak_bytes(lambda: model(ids))
+            row["lean_trace_ms"] = gpu_ms(lambda: model.run_with_cache(ids, names), warmup=1, reps=3)
+            row["lean_trace_peak_bytes"] = peak_bytes(lambda: model.run_with_cache(ids, names))
+            row["lean_trace_path"] = model.last_path
+            model.tokenizer = IdsOnly(ids.tolist())
+            try:
+                traces = [run_trace(model, "x") for _ in range(3)]
+                row["full_trace_ms"] = statistics.median(t.seconds for t in traces[1:]) * 1e3
+                row["full_trace_path"] = traces[-1].path
+                del traces
+                row["full_trace_peak_bytes"] = peak_bytes(lambda: run_trace(model, "x"))
+            finally:
+                model.tokenizer = tok
+            if T == reference_at:
+                model.use_kernels = False
+                row["reference_path_ms"] = gpu_ms(lambda: model(ids), warmup=1, reps=3)
+                ref = model(ids).float()
+                model.use_kernels = True
+                fast = model(ids).float()
+                row["fast_vs_reference_logits_rel_err"] = ((fast - ref).norm() / ref.norm()).item()
+                row["fast_vs_reference_top1_agree"] = (fast.argmax(-1) == ref.argmax(-1)).float().mean().item()
+                del ref, fast
+            if T == keep_logits_at:
+                kept[T] = model(ids).float().cpu()
+        b = bound_ms(cfg, T, ceil["matmul_tflops"] * 1e12, ceil["copy_bytes_per_s"])
+        bs = bound_ms(cfg, T, SPEC_TFLOPS, ceil["spec_bytes_per_s"])
+        row["bound_measured_ceilings_ms"] = b["bound_ms"]
+        row["bound_spec_ms"] = bs["bound_ms"]
+        row["forward_over_bound_measured"] = row["forward_ms"] / b["bound_ms"]
+        row["forward_over_bound_spec"] = row["forward_ms"] / bs["bound_ms"]
+        row["lean_trace_over_forward"] = row["lean_trace_ms"] / row["forward_ms"]
+        row["full_trace_over_forward"] = row["full_trace_ms"] / row["forward_ms"]
+        R_model.setdefault("lengths", []).append(row)
+        log.info("%s", json.dumps(row))
+    return kept
+
+
+def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
+    """One MoE layer and one full-attention layer in isolation, fast vs reference, against their own bounds."""
+    from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
+    from gptoss_viz.runtime.gptoss import attend, attention_with_sinks
+
+    g = torch.Generator(device=DEV).manual_seed(1)
+    x = torch.randn(T, cfg.hidden_size, device=DEV, generator=g).to(torch.bfloat16)
+    mlp = model.blocks[1].mlp
+    out = {}
+    with torch.inference_mode():
+        w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
+        w = w.softmax(-1)
+        from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+        ex = mlp.experts
+        fast = lambda: moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,  # noqa
+                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+        out["moe_fast_ms"] = gpu_ms(fast, warmup=3, reps=10)
+        out["moe_reference_ms"] = gpu_ms(lambda: mlp.combine(x, idx, w), warmup=1, reps=3)
+        A = T * cfg.num_experts_per_tok
+        out["moe_flops"] = 2 * A * 3 * cfg.hidden_size * cfg.intermediate_size
+        out["moe_weight_bytes"] = sum(t.numel() for t in (ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
+                                                          ex.down_proj_blocks, ex.down_proj_scales))
+        H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = torch.randn(T, H, D, device=DEV, generator=g).to(torch.bfloat16)
+        k = torch.randn(T, K, D, device=DEV, generator=g).to(torch.bfloat16)
+        v = torch.randn(T, K, D, device=DEV, generator=g).to(torch.bfloat16)
+        sinks = model.blocks[1].attn.sinks
+        for win in (None, cfg.sliding_window):
+            tag = "full" if win is None else "sliding"
+            out[f"attn_{tag}_fast_ms"] = gpu_ms(lambda: attention_with_sinks_fused(q, k, v, sinks, win, want_sink=True),
+                                                warmup=3, reps=10)
+            out[f"attn_{tag}_reference_ms"] = gpu_ms(lambda: attend(attention_with_sinks(q, k, sinks, win)[0], v),
+                                                     warmup=1, reps=5)
+    R_model["layer_microbench_T1024"] = out
+    log.info("%s", json.dumps(out))
+
+
+def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
+    R["ours20b"] = R20 = {}
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with HostMemory() as hm:
+        model = load_model(ckpt, device=DEV)
+        torch.cuda.synchronize()
+    R20["load_seconds"] = time.perf_counter() - t0
+    R20["load_host_memory"] = {"before": hm.start, "peak": hm.peak}
+    R20["load_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    R20["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
+                                      for _, s, dt in tensor_plan(model.config))
+    cfg = model.config
+    kept = measure_model(model, cfg, lengths, R20, R["ceilings"], deadline, keep_logits_at=KEEP_AT)
+    if time.monotonic() < deadline:
+        layer_microbench(model, cfg, R20)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return kept
+
+
+def phase_oss120b(R: dict, deadline: float) -> None:
+    R["oss120b"] = R120 = {}
+    cfg = gptoss_config("120b")
+    t0 = time.perf_counter()
+    model = random_packed_model(cfg, DEV)
+    torch.cuda.synchronize()
+    R120["build_seconds"] = time.perf_counter() - t0
+    R120["how"] = "random weights built directly in GPU memory (random_packed_model): 65 GB exceeds the disk"
+    model.tokenizer = None
+    measure_model(model, cfg, [1024, 2048], R120, R["ceilings"], deadline, reference_at=None)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict) -> None:
+    from transformers import GptOssForCausalLM, Mxfp4Config
+
+    R["hf20b"] = RH = {}
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    hf = GptOssForCausalLM.from_pretrained(str(ckpt), dtype=torch.bfloat16, device_map=DEV,
+                                           attn_implementation="eager",
+                                           quantization_config=Mxfp4Config(dequantize=True)).eval()
+    torch.cuda.synchronize()
+    RH["load_seconds"] = time.perf_counter() - t0
+    RH["weights_bytes_on_gpu"] = torch.cuda.memory_allocated()
+    g = torch.Generator(device=DEV).manual_seed(0)
+    ids_all = torch.randint(0, 8000, (max(lengths),), device=DEV, generator=g)  # the same ids as ours
+    for T in lengths:
+        if time.monotonic() > deadline:
+            RH.setdefault("skipped", []).append(f"T={T}: out of time")
+            continue
+        ids = ids_all[:T][None]
+        row = {"T": T}
+        with torch.inference_mode():
+            call = lambda: hf(ids, output_attentions=True, output_router_logits=True)  # noqa: E731
+            row["analysis_forward_ms"] = gpu_ms(call, warmup=1, reps=3)
+            row["analysis_forward_peak_bytes"] = peak_bytes(call)
+            if T == 1024:
+                row["plain_forward_ms"] = gpu_ms(lambda: hf(ids), warmup=1, reps=3)
+            if T in ours_logits:
+                theirs = hf(ids).logits[0].float().cpu()
+                ours = ours_logits[T]
+                row["ours_vs_hf_logits_rel_err"] = ((ours - theirs).norm() / theirs.norm()).item()
+                row["ours_vs_hf_top1_agree"] = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
+        RH.setdefault("lengths", []).append(row)
+        log.info("%s", json.dumps(row))
+    del hf
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def summary(R: dict) -> str:
+    lines = [f"{R['env']['gpu']} {R['env']['date']}"]
+    c = R.get("ceilings", {})
+    if c:
+        lines.append(f"ceilings: {c['matmul_tflops']:.0f} TFLOP/s bf16, copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s")
+    for key in ("ours20b", "oss120b"):
+        for r in R.get(key, {}).get("lengths", []):
+            lines.append(f"{key} T={r['T']}: fwd {r['forward_ms']:.1f} ms ({r['forward_over_bound_spec']:.2f}x spec "
+                         f"bound, {r['forward_over_bound_measured']:.2f}x measured) peak "
+                         f"{r['forward_peak_bytes'] / GiB:.2f} GiB | lean {r['lean_trace_ms']:.1f} ms "
+                         f"{r['lean_trace_peak_bytes'] / GiB:.2f} GiB | full {r['full_trace_ms']:.1f} ms "
+                         f"{r['full_trace_peak_bytes'] / GiB:.2f} GiB"
+                         + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else ""))
+    for r in R.get("hf20b", {}).get("lengths", []):
+        lines.append(f"hf20b T={r['T']}: {r['analysis_forward_ms']:.1f} ms peak "
+                     f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_gptoss.json"))
+    ap.add_argument("--ckpt", default="/tmp/gptoss-20b-random")
+    ap.add_argument("--lengths", default="128,512,1024,2048")
+    ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b")
+    ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    deadline = time.monotonic() + args.budget_s
+    lengths = [int(t) for t in args.lengths.split(",")]
+    ckpt = Path(args.ckpt)
+    R: dict = {"errors": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def run(name, fn, *a):
+        if name not in args.phases.split(","):
+            return None
+        if time.monotonic() > deadline:
+            R["errors"][name] = "skipped: out of time"
+            return None
+        t0 = time.perf_counter()
+        try:
+            return fn(*a)
+        except Exception as e:  # record and go on: later phases are independent
+            log.exception("phase %s failed", name)
+            R["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+        finally:
+            R.setdefault("phase_seconds", {})[name] = time.perf_counter() - t0
+            out.write_text(json.dumps(R, indent=2) + "\n")
+
+    phase_env(R)
+    run("ceilings", phase_ceilings, R)
+    if "gen20b" in args.phases and not (ckpt / "model.safetensors.index.json").is_file():
+        run("gen20b", phase_gen20b, R, ckpt)
+    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline) or {}
+    run("oss120b", phase_oss120b, R, deadline)
+    run("hf20b", phase_hf20b, R, ckpt, lengths, deadline, kept)
+    out.write_text(json.dumps(R, indent=2) + "\n")
+    print(summary(R))
+    print("errors:", json.dumps(R["errors"]))
+
+
+if __name__ == "__main__":
+    main()
