@@ -21,7 +21,7 @@ from gptoss_viz.errors import InputError
 from gptoss_viz.runtime.configs import GptOssConfig
 from gptoss_viz.runtime.hooks import HookedModel, HookPoint
 from gptoss_viz.runtime.mxfp4 import mxfp4_dequant
-from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin
+from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -330,16 +330,26 @@ class GptOss(HookedModel):
         self.last_path = None  # {"attention": ..., "moe": ...}: which path each part of the last forward took
         self.setup_hooks()
 
-    def rope(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, D/2] in fp32 for positions 0..T-1 (the model's own YaRN or plain-RoPE frequencies)."""
-        inv_freq, concentration = inv_freq_for(self.config)
+    def rope(self, T: int, device, variant: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, D/2] in fp32 for positions 0..T-1: the model's own frequencies (YaRN for gpt-oss), or
+        variant="plain" for plain RoPE at the same theta with no concentration (an intervention)."""
+        if variant not in (None, "model", "plain"):
+            raise ValueError(f"unknown RoPE variant {variant!r}: use 'model' or 'plain'")
+        if variant == "plain":
+            inv_freq, concentration = rope_inv_freq(self.config.head_dim, self.config.rope_theta), 1.0
+        else:
+            inv_freq, concentration = inv_freq_for(self.config)
         return rope_cos_sin(torch.arange(T, device=device), inv_freq, concentration)
 
-    def forward(self, ids: torch.Tensor, window: int | None = None) -> torch.Tensor:
-        """`window` overrides every sliding layer's window (an intervention; full layers stay full)."""
+    def forward(self, ids: torch.Tensor, window: int | None = None, rope: str | None = None) -> torch.Tensor:
+        """Per-call options for the changes no hook can express (interventions):
+        `window` replaces every sliding layer's window (full layers stay full; window >= T makes every layer
+        full); `rope="plain"` swaps YaRN for plain RoPE."""
         check_ids(ids, self.config.vocab_size, self.config.max_position_embeddings)
+        if window is not None and window < 1:
+            raise ValueError(f"window must be at least 1 token, got {window}")
         x = self.hook_embed(self.embed_tokens(ids))  # [T, d], no embedding scale
-        cos, sin = self.rope(ids.shape[-1], ids.device)
+        cos, sin = self.rope(ids.shape[-1], ids.device, rope)
         for block in self.blocks:
             x = block(x, cos, sin, window if block.attn.window is not None else None)
         self.last_path = self._paths_taken()
