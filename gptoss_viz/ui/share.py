@@ -73,6 +73,7 @@ class ViewState:
     layer: int = 1
     head: int = 0
     token: int = -1
+    intervention: str = ""  # gptoss_viz.interventions.Intervention text form
 
 
 def to_query(v: ViewState, store: PromptStore) -> str:
@@ -80,6 +81,8 @@ def to_query(v: ViewState, store: PromptStore) -> str:
     q = {"gptoss": v.gptoss, "gpt2": v.gpt2, "tab": v.tab, "layer": v.layer, "head": v.head, "token": v.token}
     if v.chat:
         q["chat"] = 1
+    if v.intervention:
+        q["iv"] = v.intervention
     if len(v.prompt) <= MAX_URL_PROMPT:
         q["prompt"] = v.prompt
     else:
@@ -107,7 +110,7 @@ def from_query(params: dict, store: PromptStore, allowed_gptoss: list[str], allo
             else:
                 notices.append(f"model {str(params[key])[:80]!r} is not offered here; using {getattr(v, key)}")
     if "tab" in params:
-        if params["tab"] in TABS + ("census",):
+        if params["tab"] in TABS + ("census", "interventions"):
             v.tab = params["tab"]
         else:
             notices.append(f"unknown tab {str(params['tab'])[:40]!r}; showing {v.tab}")
@@ -121,4 +124,12 @@ def from_query(params: dict, store: PromptStore, allowed_gptoss: list[str], allo
             except (TypeError, ValueError):
                 notices.append(f"ignored invalid {key}={str(params[key])[:20]!r}")
     v.chat = str(params.get("chat", "0")) in ("1", "true")
+    if "iv" in params:
+        from gptoss_viz.errors import InputError
+        from gptoss_viz.interventions import Intervention
+
+        try:
+            v.intervention = Intervention.from_str(str(params["iv"])).to_str()
+        except InputError as e:
+            notices.append(f"ignored the intervention in the link: {e}")
     return v, notices
