@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from gptoss_viz.errors import GptOssVizError
 from gptoss_viz.figures import views
 from gptoss_viz.trace import run_trace
 from gptoss_viz.ui.census_tab import census_tab
 from gptoss_viz.ui.export import export_html
+from gptoss_viz.ui.interventions_tab import interventions_tab
 from gptoss_viz.ui.registry import Registry
 from gptoss_viz.ui.share import PromptStore, ViewState, from_query, to_query
 
@@ -34,6 +36,7 @@ SLOTS = {
     "rope": ["frequencies", "angle", "score", "gpt2_positions", "gpt2_score"],
 }
 HTML_SLOTS = {("overview", "tokens"), ("overview", "card")}
+MAX_LAYER, MAX_HEAD = 63, 127  # slider bounds before the first analysis (gpt2-xl: 48 layers; gpt-oss: 64 heads)
 TAB_TITLES = {"overview": "Overview", "routing": "Expert routing", "sinks": "Attention sinks",
               "window": "Sliding window", "rope": "RoPE / YaRN"}
 
@@ -86,6 +89,12 @@ def run_models(cfg: AppConfig, prompt: str, gptoss: str, gpt2: str, chat: bool, 
             traces[key] = run_trace(model, prompt, chat=use_chat, max_tokens=cfg.max_tokens)
         except GptOssVizError as e:  # with two models on screen, say which one refused (e.g. GPT-2's 512 limit)
             raise type(e)(f"{name}: {e}") from None
+        except torch.OutOfMemoryError:
+            traces.clear()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give back what the failed pass held, for the next request
+            raise GptOssVizError(f"{name}: out of memory on a {len(prompt):,}-character prompt; try a shorter prompt "
+                                 "or a smaller model") from None
     if not traces:
         raise GptOssVizError("choose at least one model")
     return traces, prompt, notices
@@ -140,15 +149,22 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
         notice = gr.Markdown("", label="notice", show_label=False, elem_id="notice")
         status = gr.Markdown("", label="status", show_label=False, elem_id="status")
         with gr.Row():
-            layer = gr.Slider(0, 3, value=cfg.default.layer, step=1, label="Layer", elem_id="layer")
-            head = gr.Slider(0, 7, value=cfg.default.head, step=1, label="Head", elem_id="head")
-            token = gr.Slider(-1, 0, value=-1, step=1, label="Token (-1 = last)", elem_id="token")
+            # The widest ranges any offered model could need: the server checks every call (API ones too)
+            # against these until an analysis narrows them to the models loaded (values past those are clamped).
+            # Narrow ones here refused, e.g., token=5 from a fresh gradio_client session.
+            layer = gr.Slider(0, MAX_LAYER, value=cfg.default.layer, step=1, label="Layer", elem_id="layer")
+            head = gr.Slider(0, MAX_HEAD, value=cfg.default.head, step=1, label="Head", elem_id="head")
+            token = gr.Slider(-1, max(cfg.max_tokens - 1, 0), value=-1, step=1, label="Token (-1 = last)",
+                              elem_id="token")
         with gr.Tabs(selected=cfg.default.tab, elem_id="tabs") as tabs:
             slots = {}
             for tab in SLOTS:
                 with gr.Tab(TAB_TITLES[tab], id=tab, elem_id=f"tab-{tab}"):
                     gr.Markdown(views.CAPTIONS[tab], elem_classes=["caption"])
                     slots.update(_tab(tab))
+            with gr.Tab("Interventions", id="interventions", elem_id="tab-interventions"):
+                iv = interventions_tab(state, layer, head, token)
+                iv_text = iv["text"]
             with gr.Tab("Census", id="census", elem_id="tab-census"):
                 census_tab(cfg, gptoss, gpt2)
         with gr.Row():
@@ -209,7 +225,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
 
         def on_tab(evt: gr.SelectData, st):
             tab_id = evt.value if isinstance(evt.value, str) and evt.value in SLOTS else None
-            for t, title in {**TAB_TITLES, "census": "Census"}.items():  # gr.SelectData carries the tab's title
+            for t, title in {**TAB_TITLES, "census": "Census", "interventions": "Interventions"}.items():  # gr.SelectData carries the tab's title
                 if evt.value == title:
                     tab_id = t
             if st and tab_id:
@@ -218,15 +234,16 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
 
         tabs.select(on_tab, [state], [current_tab], api_name=False)
 
-        def on_share(st, prompt_v, gptoss_v, gpt2_v, chat_v, tab_v, layer_v, head_v, token_v):
+        def on_share(st, prompt_v, gptoss_v, gpt2_v, chat_v, tab_v, layer_v, head_v, token_v, iv_v):
             v = ViewState(prompt=prompt_v or "", gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,
-                          layer=int(layer_v), head=int(head_v), token=int(token_v))
+                          layer=int(layer_v), head=int(head_v), token=int(token_v),
+                          intervention=(st["view"].intervention if st else "") or "")
             try:
                 return to_query(v, cfg.store)
             except ValueError as e:
                 return f"cannot share: {e}"
 
-        share_btn.click(on_share, [state, prompt, gptoss, gpt2, chat, current_tab, layer, head, token],
+        share_btn.click(on_share, [state, prompt, gptoss, gpt2, chat, current_tab, layer, head, token, iv_text],
                         [share_box], api_name=False).then(
             None, [share_box], [share_box], api_name=False,
             js="(q) => { if (!q || !q.startsWith('?')) return q; const u = window.location.origin + "
@@ -265,7 +282,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             """Restore a shared view from the URL's query parameters (invalid ones fall back, with a notice)."""
             params = dict(request.query_params) if request is not None else {}
             if not params:
-                return [gr.skip()] * 10
+                return [gr.skip()] * 11
             v, notices = from_query(params, cfg.store, cfg.registry.gptoss_choices + ["none"],
                                     cfg.registry.gpt2_choices + ["none"], cfg.default)
             # gr.update, not gr.Slider(...): a constructor checks minimum < maximum against its own defaults
@@ -274,7 +291,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             return [v.prompt, v.gptoss, v.gpt2, v.chat, gr.update(value=v.layer, maximum=max(v.layer, 1)),
                     gr.update(value=v.head, maximum=max(v.head, 1)),
                     gr.update(value=v.token, maximum=max(v.token, 0)), gr.Tabs(selected=v.tab), v.tab,
-                    notice_md(notices)]
+                    notice_md(notices), v.intervention]
 
         def on_load_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, notice_v):
             """The page opens analysed: the default prompt, or the shared link's."""
@@ -285,10 +302,18 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 out[5] = "\n\n".join(n for n in (notice_v, out[5]) if isinstance(n, str) and n)
             return out
 
-        demo.load(on_load, None, [prompt, gptoss, gpt2, chat, layer, head, token, tabs, current_tab, notice],
+        def on_load_intervene(st, iv_v, layer_v, head_v, token_v):
+            """A shared link with an intervention re-applies it once the prompt is analysed."""
+            if not (iv_v or "").strip() or not st:
+                return [gr.skip()] * len(iv["outputs"])
+            return iv["apply"](st, iv_v, layer_v, head_v, token_v)
+
+        demo.load(on_load, None, [prompt, gptoss, gpt2, chat, layer, head, token, tabs, current_tab, notice, iv_text],
                   api_name=False).then(
             _gpu(on_load_analyze), [prompt, gptoss, gpt2, chat, layer, head, token, current_tab, notice],
             [state, layer, head, token, prompt, notice, status] + outputs, api_name=False,
+            concurrency_limit=1, concurrency_id="model").then(
+            _gpu(on_load_intervene), [state, iv_text, layer, head, token], iv["outputs"], api_name=False,
             concurrency_limit=1, concurrency_id="model")
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=1)
     return demo

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from gptoss_viz.census import MAX_FILE_BYTES, MAX_PROMPTS, CensusInputError, parse_prompts, run_census, to_csv, to_json
 from gptoss_viz.errors import GptOssVizError
@@ -96,6 +97,10 @@ def census_tab(cfg, gptoss_dd, gpt2_dd) -> None:
                 raise CensusInputError("choose at least one model")
         except GptOssVizError as e:
             return [f"⚠️ {html.escape(str(e))}"] + skip
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return ["⚠️ out of memory: try fewer or shorter prompts, or a smaller model"] + skip
         except Exception as e:  # keep serving; say what happened
             return [f"⚠️ internal error: {html.escape(type(e).__name__)}: {html.escape(str(e))}"] + skip
         seconds = time.perf_counter() - start
