@@ -236,7 +236,10 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
                 row["fast_vs_reference_top1_agree"] = (fast.argmax(-1) == ref.argmax(-1)).float().mean().item()
                 del ref, fast
             if T == keep_logits_at:
-                kept[T] = model(ids).float().cpu()
+                resid = [f"blocks.{i}.hook_resid_post" for i in range(cfg.num_hidden_layers)]
+                logits, cache = model.run_with_cache(ids, resid)
+                kept[T] = (logits.float().cpu(), [cache[n].float().cpu() for n in resid])
+                del logits, cache
         b = bound_ms(cfg, T, ceil["matmul_tflops"] * 1e12, ceil["copy_bytes_per_s"])
         bs = bound_ms(cfg, T, SPEC_TFLOPS, ceil["spec_bytes_per_s"])
         row["bound_measured_ceilings_ms"] = b["bound_ms"]
@@ -287,6 +290,81 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
     log.info("%s", json.dumps(out))
 
 
+def moe_sweep(model, cfg, R_model: dict) -> None:
+    """Time MoE tile configurations on one 20b layer at several token counts, then install the fastest for the
+    tile height each count gets (moe.GATE_UP_CONFIGS / DOWN_CONFIGS), so the model measurements use them."""
+    from gptoss_viz.runtime.kernels import moe as kmoe
+
+    mlp = model.blocks[1].mlp
+    ex = mlp.experts
+    cands = {128: ([(128, 64, 8, 3), (64, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4)],
+                   [(64, 64, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)]),
+             64: ([(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3)], [(128, 64, 8, 3), (64, 64, 4, 3)]),
+             32: ([(64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4)], [(64, 64, 4, 3), (128, 64, 4, 3)]),
+             16: ([(64, 64, 4, 3)], [(64, 64, 4, 3)])}
+    out = []
+    g = torch.Generator(device=DEV).manual_seed(2)
+    with torch.inference_mode():
+        for T, bm in ((1024, 128), (1024, 64), (256, 64), (128, 32), (128, 16)):
+            x = torch.randn(T, cfg.hidden_size, device=DEV, generator=g).to(ex.gate_up_proj_bias.dtype)
+            w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
+            w = w.softmax(-1)
+            gu_c, dn_c = cands[bm]
+
+            def t(gu, dn):
+                return gpu_ms(lambda: kmoe.moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
+                                                     ex.gate_up_proj_bias, ex.down_proj_blocks, ex.down_proj_scales,
+                                                     ex.down_proj_bias, ex.limit, ex.alpha, block_m=bm,
+                                                     configs=(gu, dn)), warmup=2, reps=7)
+            rows = [(t(gu, dn_c[0]), gu, dn_c[0]) for gu in gu_c]
+            best_gu = min(rows)[1]
+            rows += [(t(best_gu, dn), best_gu, dn) for dn in dn_c[1:]]
+            best = min(rows)
+            out.append({"T": T, "block_m": bm, "rule_block_m": kmoe._block_m(T * cfg.num_experts_per_tok /
+                                                                              cfg.num_local_experts),
+                        "timings_ms": [[ms, list(gu), list(dn)] for ms, gu, dn in rows],
+                        "best": [best[0], list(best[1]), list(best[2])]})
+            log.info("%s", json.dumps(out[-1]))
+    for r in out:  # install the winners for the tile height the rule picks at that count
+        if r["block_m"] == r["rule_block_m"]:
+            kmoe.GATE_UP_CONFIGS[r["block_m"]] = tuple(r["best"][1])
+            kmoe.DOWN_CONFIGS[r["block_m"]] = tuple(r["best"][2])
+    R_model["moe_sweep"] = out
+    R_model["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
+                                   "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
+
+
+def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
+    """How far the bf16 fast path and the bf16 reference path each drift from an fp32 run of the same weights,
+    layer by layer: random deep MoE models amplify rounding (a flipped top-k choice changes a token's expert),
+    so the whole-model comparison needs this baseline to mean anything."""
+    import copy
+
+    exact = copy.deepcopy(model).float()
+    exact.use_kernels = False
+    g = torch.Generator(device=DEV).manual_seed(3)
+    ids = torch.randint(0, 8000, (T,), device=DEV, generator=g)
+    names = [f"blocks.{i}.hook_resid_post" for i in range(cfg.num_hidden_layers)]
+    idx_names = [f"blocks.{i}.mlp.hook_expert_idx" for i in range(cfg.num_hidden_layers)]
+    out = {"T": T}
+    with torch.inference_mode():
+        lx, cx = exact.run_with_cache(ids, names + idx_names)
+        for tag, on in (("fast", True), ("reference", False)):
+            model.use_kernels = on
+            lg, c = model.run_with_cache(ids, names + idx_names)
+            out[f"{tag}_resid_rel_err_by_layer"] = [((c[n].float() - cx[n]).norm() / cx[n].norm()).item()
+                                                    for n in names]
+            out[f"{tag}_expert_choice_agree_by_layer"] = [(c[n] == cx[n]).float().mean().item() for n in idx_names]
+            out[f"{tag}_logits_rel_err"] = ((lg.float() - lx).norm() / lx.norm()).item()
+            out[f"{tag}_top1_agree"] = (lg.argmax(-1) == lx.argmax(-1)).float().mean().item()
+        model.use_kernels = True
+    del exact
+    gc.collect()
+    torch.cuda.empty_cache()
+    R_model["divergence_vs_fp32"] = out
+    log.info("%s", json.dumps(out))
+
+
 def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
     R["ours20b"] = R20 = {}
     torch.cuda.reset_peak_memory_stats()
@@ -300,7 +378,18 @@ def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
     R20["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
                                       for _, s, dt in tensor_plan(model.config))
     cfg = model.config
+    try:
+        moe_sweep(model, cfg, R20)
+    except Exception as e:
+        log.exception("sweep failed")
+        R["errors"]["moe_sweep"] = f"{type(e).__name__}: {e}"[:1000]
     kept = measure_model(model, cfg, lengths, R20, R["ceilings"], deadline, keep_logits_at=KEEP_AT)
+    if time.monotonic() < deadline:
+        try:
+            divergence(model, cfg, R20)
+        except Exception as e:
+            log.exception("divergence failed")
+            R["errors"]["divergence"] = f"{type(e).__name__}: {e}"[:1000]
     if time.monotonic() < deadline:
         layer_microbench(model, cfg, R20)
     del model
@@ -351,10 +440,16 @@ def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict
             if T == 1024:
                 row["plain_forward_ms"] = gpu_ms(lambda: hf(ids), warmup=1, reps=3)
             if T in ours_logits:
-                theirs = hf(ids).logits[0].float().cpu()
-                ours = ours_logits[T]
+                res = hf(ids, output_hidden_states=True)
+                theirs = res.logits[0].float().cpu()
+                ours, ours_resid = ours_logits[T]
                 row["ours_vs_hf_logits_rel_err"] = ((ours - theirs).norm() / theirs.norm()).item()
                 row["ours_vs_hf_top1_agree"] = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
+                # hidden_states[i + 1] is layer i's output (the last one after the final norm: skipped)
+                row["ours_vs_hf_resid_rel_err_by_layer"] = [
+                    ((o - h[0].float().cpu()).norm() / h[0].float().cpu().norm()).item()
+                    for o, h in zip(ours_resid[:-1], res.hidden_states[1:-1])]
+                del res
         RH.setdefault("lengths", []).append(row)
         log.info("%s", json.dumps(row))
     del hf
@@ -369,15 +464,31 @@ def summary(R: dict) -> str:
         lines.append(f"ceilings: {c['matmul_tflops']:.0f} TFLOP/s bf16, copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s")
     for key in ("ours20b", "oss120b"):
         for r in R.get(key, {}).get("lengths", []):
+            if "full_trace_ms" not in r:
+                lines.append(f"{key} T={r['T']}: incomplete {r}")
+                continue
             lines.append(f"{key} T={r['T']}: fwd {r['forward_ms']:.1f} ms ({r['forward_over_bound_spec']:.2f}x spec "
                          f"bound, {r['forward_over_bound_measured']:.2f}x measured) peak "
                          f"{r['forward_peak_bytes'] / GiB:.2f} GiB | lean {r['lean_trace_ms']:.1f} ms "
                          f"{r['lean_trace_peak_bytes'] / GiB:.2f} GiB | full {r['full_trace_ms']:.1f} ms "
                          f"{r['full_trace_peak_bytes'] / GiB:.2f} GiB"
                          + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else ""))
+    for r in R.get("ours20b", {}).get("moe_sweep", []):
+        lines.append(f"moe sweep T={r['T']} BM={r['block_m']} (rule {r['rule_block_m']}): best {r['best'][0]:.3f} ms "
+                     f"gate_up {r['best'][1]} down {r['best'][2]}; first {r['timings_ms'][0][0]:.3f} ms")
+    dv = R.get("ours20b", {}).get("divergence_vs_fp32")
+    if dv:
+        for tag in ("fast", "reference"):
+            errs = dv[tag + "_resid_rel_err_by_layer"]
+            lines.append(f"vs fp32 T={dv['T']} {tag}: logits rel err {dv[tag + '_logits_rel_err']:.3g}, top-1 "
+                         f"{dv[tag + '_top1_agree']:.3f}, resid err layer 0/5/last "
+                         f"{errs[0]:.2g}/{errs[min(5, len(errs) - 1)]:.2g}/{errs[-1]:.2g}")
     for r in R.get("hf20b", {}).get("lengths", []):
         lines.append(f"hf20b T={r['T']}: {r['analysis_forward_ms']:.1f} ms peak "
-                     f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB")
+                     f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB"
+                     + (f" | ours vs hf resid err layer 0/last {r['ours_vs_hf_resid_rel_err_by_layer'][0]:.2g}/"
+                        f"{r['ours_vs_hf_resid_rel_err_by_layer'][-1]:.2g}" if "ours_vs_hf_resid_rel_err_by_layer" in r
+                        else ""))
     return "\n".join(lines)
 
 

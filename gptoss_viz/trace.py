@@ -170,8 +170,18 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
     L = len(model.blocks)
     window = cfg.sliding_window if is_oss else 128  # GPT-2 gets gpt-oss's window as a yardstick
     edges = distance_edges(T, window)
-    bucket = _bucket_index(T, edges, device)  # [T*T] bucket of each (query, key) pair; B for the future
     B = len(edges) - 1
+    iv_hooks, fwd_kwargs = [], {}
+    if intervention is not None and not intervention.is_noop():
+        intervention.validate(cfg, T)
+        iv_hooks = intervention.hooks(model, T)
+        fwd_kwargs = intervention.forward_kwargs(T)
+    replaced = {name for name, _ in iv_hooks}
+    # gpt-oss layers whose pattern no intervention replaces get their pattern reductions from the rotated q/k
+    # (pattern_reductions: a block of queries at a time), so the forward keeps its fused attention kernel on the
+    # GPU and no [H, T, T] map is ever whole; the others reduce the pattern hook's full map.
+    from_qk = [is_oss and f"blocks.{i}.attn.hook_pattern" not in replaced for i in range(L)]
+    bucket = None if all(from_qk) else _bucket_index(T, edges, device)  # [T*T] bucket of each (query, key) pair
 
     red: dict[str, list] = {k: [None] * L for k in ("first", "dist", "sink", "router", "idx", "w", "mlp", "norm")}
     qk: dict[int, list] = {i: [None, None] for i in range(L)}
@@ -198,8 +208,22 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
             qk[layer_of(hook)][slot] = x
         return hook_fn
 
+    q_now: dict[int, torch.Tensor] = {}
+
+    def on_k_rot(k, hook):  # fires right after the same layer's hook_q_rot
+        i = layer_of(hook)
+        attn = model.blocks[i].attn
+        layer_window = None if attn.window is None else fwd_kwargs.get("window") or attn.window
+        red["first"][i], red["dist"][i] = pattern_reductions(q_now.pop(i), k, attn.sinks, layer_window, edges)
+
     rms = lambda x: x.float().pow(2).mean(-1).sqrt()  # noqa: E731  [T, d] -> [T]
-    hooks = [(f"blocks.{i}.attn.hook_pattern", on_pattern) for i in range(L)]
+    hooks = []
+    for i in range(L):
+        if from_qk[i]:
+            hooks += [(f"blocks.{i}.attn.hook_q_rot", lambda x, h: q_now.__setitem__(layer_of(h), x)),
+                      (f"blocks.{i}.attn.hook_k_rot", on_k_rot)]
+        else:
+            hooks.append((f"blocks.{i}.attn.hook_pattern", on_pattern))
     hooks += [(f"blocks.{i}.hook_resid_post", grab("norm", rms)) for i in range(L)]
     emb: dict[str, torch.Tensor] = {}
     hooks.append(("hook_embed", lambda x, h: emb.__setitem__("tok", x)))
@@ -218,11 +242,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
             hooks += [(f"blocks.{i}.attn.hook_q", keep(0)) for i in range(L)]
             hooks += [(f"blocks.{i}.attn.hook_k", keep(1)) for i in range(L)]
 
-    fwd_kwargs = {}
-    if intervention is not None and not intervention.is_noop():
-        intervention.validate(cfg, T)
-        hooks = intervention.hooks(model, T) + hooks  # replacements first: the reductions see their result
-        fwd_kwargs = intervention.forward_kwargs(T)
+    hooks = iv_hooks + hooks  # replacements first: the reductions see their result
     start = time.perf_counter()
     with model.hooks(hooks):
         logits = model(ids, **fwd_kwargs)  # [T, V]
@@ -261,6 +281,40 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         pos = pos / pos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         tr.pos_similarity = (pos @ pos.T).cpu().numpy()
     return tr
+
+
+PATTERN_CHUNK_BYTES = 128 << 20  # fp32 scores of one block of queries in pattern_reductions
+
+
+def pattern_reductions(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
+                       edges: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Trace's pattern statistics of one gpt-oss layer from its rotated q [T, H, D] and k [T, K, D]:
+    first_token_mass [H] (mean over queries 1.. of the mass on token 0) and distance_mass [H, B] (mean over
+    queries of the mass in each distance bucket edges[b] <= q - k < edges[b+1]).
+
+    The pattern comes from attention_with_sinks, the model's own function, one block of queries at a time (only
+    the keys the block can see: the window's for sliding layers), so it is never whole in memory: bucket masses
+    are differences of each row's cumulative sum at the bucket edges.
+    """
+    T, H = q.shape[0], q.shape[1]
+    dev = q.device
+    e = torch.as_tensor(edges, device=dev)  # [B+1]
+    first = torch.zeros(H, device=dev)
+    dist = torch.zeros(H, len(edges) - 1, device=dev)
+    chunk = max(16, PATTERN_CHUNK_BYTES // (4 * H * T))
+    for a in range(0, T, chunk):
+        b = min(T, a + chunk)
+        lo = 0 if window is None else max(0, a - window + 1)  # keys before lo are outside every row's window
+        p, _ = attention_with_sinks(q[a:b], k[lo:b], sinks, window)  # [H, n, b - lo]: queries a..b-1
+        if lo == 0 and b > 1:
+            first += p[:, max(0, 1 - a):, 0].float().sum(-1)  # queries at positions >= 1
+        cum = torch.nn.functional.pad(p.float().cumsum(-1), (1, 0))  # [H, n, b-lo+1]: cum[m] = mass on keys < lo+m
+        pos = torch.arange(a, b, device=dev)[:, None]  # [n, 1]
+        # bucket j holds keys pos - e[j+1] < key <= pos - e[j]; mass on keys <= x is cum[x - lo + 1]
+        upper = (pos - e[None, :-1] - lo + 1).clamp(min=0).expand(H, -1, -1)  # [H, n, B]
+        lower = (pos - e[None, 1:] - lo + 1).clamp(min=0).expand(H, -1, -1)
+        dist += (cum.gather(-1, upper) - cum.gather(-1, lower)).sum(1)
+    return first / max(T - 1, 1), dist / T
 
 
 def top_predictions(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int = 256):

@@ -32,7 +32,8 @@ def moe_schedule(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule
     flat = idx.reshape(-1)  # [A]
     A = flat.numel()
     order = torch.argsort(flat, stable=True)  # [A]
-    counts = torch.bincount(flat, minlength=n_experts)  # [E] rows per expert
+    # rows per expert [E]; scatter_add, not bincount, which on CUDA reads the largest index back to the host
+    counts = torch.zeros(n_experts, dtype=torch.int64, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
     ends = counts.cumsum(0)  # [E] end row of each expert's group
     starts = ends - counts
     tiles = (counts + block_m - 1) // block_m  # [E] tiles per expert
