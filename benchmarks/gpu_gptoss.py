@@ -290,9 +290,10 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
     log.info("%s", json.dumps(out))
 
 
-def moe_sweep(model, cfg, R_model: dict) -> None:
-    """Time MoE tile configurations on one 20b layer at several token counts, then install the fastest for the
-    tile height each count gets (moe.GATE_UP_CONFIGS / DOWN_CONFIGS), so the model measurements use them."""
+def moe_sweep(model, cfg, R_model: dict, install: bool) -> None:
+    """Time MoE tile configurations on one 20b layer at several token counts; with `install`, put the fastest
+    for the tile height each count gets into moe.GATE_UP_CONFIGS / DOWN_CONFIGS, so the model measurements use
+    them (then copy them into moe.py: the committed tables must be what was measured)."""
     from gptoss_viz.runtime.kernels import moe as kmoe
 
     mlp = model.blocks[1].mlp
@@ -326,7 +327,7 @@ def moe_sweep(model, cfg, R_model: dict) -> None:
                         "best": [best[0], list(best[1]), list(best[2])]})
             log.info("%s", json.dumps(out[-1]))
     for r in out:  # install the winners for the tile height the rule picks at that count
-        if r["block_m"] == r["rule_block_m"]:
+        if install and r["block_m"] == r["rule_block_m"]:
             kmoe.GATE_UP_CONFIGS[r["block_m"]] = tuple(r["best"][1])
             kmoe.DOWN_CONFIGS[r["block_m"]] = tuple(r["best"][2])
     R_model["moe_sweep"] = out
@@ -365,7 +366,7 @@ def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
     log.info("%s", json.dumps(out))
 
 
-def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
+def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, sweep: str = "off") -> dict:
     R["ours20b"] = R20 = {}
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -379,7 +380,12 @@ def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
                                       for _, s, dt in tensor_plan(model.config))
     cfg = model.config
     try:
-        moe_sweep(model, cfg, R20)
+        if sweep != "off":
+            moe_sweep(model, cfg, R20, install=sweep == "install")
+        else:
+            from gptoss_viz.runtime.kernels import moe as kmoe
+            R20["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
+                                       "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
     except Exception as e:
         log.exception("sweep failed")
         R["errors"]["moe_sweep"] = f"{type(e).__name__}: {e}"[:1000]
@@ -498,6 +504,8 @@ def main() -> None:
     ap.add_argument("--ckpt", default="/tmp/gptoss-20b-random")
     ap.add_argument("--lengths", default="128,512,1024,2048")
     ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b")
+    ap.add_argument("--sweep", choices=["off", "report", "install"], default="off",
+                    help="time MoE tile configurations first; 'install' makes the run use the fastest")
     ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -528,7 +536,7 @@ def main() -> None:
     run("ceilings", phase_ceilings, R)
     if "gen20b" in args.phases and not (ckpt / "model.safetensors.index.json").is_file():
         run("gen20b", phase_gen20b, R, ckpt)
-    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline) or {}
+    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline, args.sweep) or {}
     run("oss120b", phase_oss120b, R, deadline)
     run("hf20b", phase_hf20b, R, ckpt, lengths, deadline, kept)
     out.write_text(json.dumps(R, indent=2) + "\n")
