@@ -6,6 +6,10 @@ within a sliding window of 128 keys, odd layers attend to the full causal prefix
 pairs); a mixture of experts per layer (router top-k, softmax over the chosen k, clamped SwiGLU experts whose
 weights are stored in MXFP4 and dequantized one expert at a time); untied lm_head.
 
+This file is the readable reference. On CUDA, Attention and MoE hand their core to Triton kernels
+(runtime/kernels: same maths, tested against these functions) unless a hook needs a tensor the kernel never forms
+(hook_pattern); `GptOss.last_path` records which path each part took, `GptOss.use_kernels = False` turns them off.
+
 Dimension letters (shapes are for one sequence; a leading batch dimension B is allowed everywhere):
     T tokens, d hidden size, H query heads, K key/value heads, D head dim, E experts, k experts per token,
     I expert width, V vocab, N = number of (token, expert) assignments routed to one expert.
