@@ -35,6 +35,18 @@ def token_labels(tokens: list[str]) -> list[str]:
     return [f"{i}: {label(t)}" for i, t in enumerate(tokens)]
 
 
+def token_ticks(labels: list[str], named_up_to: int) -> dict:
+    """Axis settings for a categorical axis of token labels: the token names when there are few, else every
+    n-th position as a plain number (hiding the names alone would leave a row of unlabelled tick marks)."""
+    T = len(labels)
+    if T <= named_up_to:
+        return {"showticklabels": True}
+    step = next(s for s in (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9) if T / s <= 10)
+    idx = range(0, T, step)
+    return {"tickmode": "array", "tickvals": [labels[i] for i in idx], "ticktext": [str(i) for i in idx],
+            "tickangle": 0}
+
+
 def style(fig: go.Figure, title: str, x: str = "", y: str = "", height: int = 420) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},

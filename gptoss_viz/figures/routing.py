@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from gptoss_viz.figures._base import CATEGORICAL, SEQUENTIAL, label, r4, style, token_labels
+from gptoss_viz.figures._base import CATEGORICAL, SEQUENTIAL, label, r4, style, token_labels, token_ticks
 
 
 def top1_grid(top1: np.ndarray, idx: np.ndarray, weight: np.ndarray, tokens: list[str]) -> go.Figure:
@@ -18,11 +18,12 @@ def top1_grid(top1: np.ndarray, idx: np.ndarray, weight: np.ndarray, tokens: lis
     # hover reads numbers per cell (customdata) and token names from the axis: no per-cell strings
     custom = np.concatenate([idx.astype(np.float64), np.round(weight, 2)], axis=-1)  # [L, T, 2k]
     lines = "<br>".join(f"expert %{{customdata[{j}]}}: %{{customdata[{k + j}]:.2f}}" for j in range(k))
-    fig = go.Figure(go.Heatmap(z=top1, x=token_labels(tokens), y=list(range(L)), customdata=custom,
+    labels = token_labels(tokens)
+    fig = go.Figure(go.Heatmap(z=top1, x=labels, y=list(range(L)), customdata=custom,
                                colorscale=scale, zmin=-0.5, zmax=E - 0.5,
                                hovertemplate=f"%{{x}}<br>layer %{{y}}<br>{lines}<extra></extra>",
                                colorbar={"title": "top-1 expert"}))
-    fig.update_xaxes(showticklabels=T <= 64)
+    fig.update_xaxes(**token_ticks(labels, 64))
     return style(fig, "Top-1 expert of every token in every layer (colour = expert id)", "token position",
                  "layer")
 
@@ -41,11 +42,12 @@ def load_heatmap(load: np.ndarray, k: int) -> go.Figure:
 
 def confidence_heatmap(margin: np.ndarray, entropy: np.ndarray, tokens: list[str]) -> go.Figure:
     """[L, T] margin between the k-th chosen and best unchosen router logit; hover adds router entropy."""
-    fig = go.Figure(go.Heatmap(z=r4(margin), x=token_labels(tokens), customdata=r4(entropy), colorscale=SEQUENTIAL,
+    labels = token_labels(tokens)
+    fig = go.Figure(go.Heatmap(z=r4(margin), x=labels, customdata=r4(entropy), colorscale=SEQUENTIAL,
                                zmin=0, colorbar={"title": "margin"},
                                hovertemplate="layer %{y}<br>%{x}<br>margin %{z:.2f} logits<br>entropy "
                                "%{customdata:.2f}<extra></extra>"))
-    fig.update_xaxes(showticklabels=len(tokens) <= 64)
+    fig.update_xaxes(**token_ticks(labels, 64))
     return style(fig, "Router confidence: k-th vs (k+1)-th expert logit (dark = near tie)", "token position",
                  "layer")
 
@@ -81,8 +83,9 @@ def coactivation_heatmap(co: np.ndarray, layer: int) -> go.Figure:
 
 def mlp_activity_heatmap(active: np.ndarray, tokens: list[str]) -> go.Figure:
     """GPT-2: [L, T] share of its dense MLP's neurons with a positive pre-activation (all neurons run)."""
-    fig = go.Figure(go.Heatmap(z=r4(active), x=token_labels(tokens), colorscale=SEQUENTIAL, zmin=0, zmax=1,
+    labels = token_labels(tokens)
+    fig = go.Figure(go.Heatmap(z=r4(active), x=labels, colorscale=SEQUENTIAL, zmin=0, zmax=1,
                                colorbar={"title": "active share"},
                                hovertemplate="layer %{y}<br>%{x}<br>%{z:.1%} of neurons > 0<extra></extra>"))
-    fig.update_xaxes(showticklabels=len(tokens) <= 64)
+    fig.update_xaxes(**token_ticks(labels, 64))
     return style(fig, "GPT-2: every token runs the whole MLP (share of neurons active)", "token position", "layer")

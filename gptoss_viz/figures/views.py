@@ -151,7 +151,9 @@ def _window(oss, gpt2, sel):
                                                  "gpt-oss: where attention goes, by distance")
         out["beyond"] = f_win.beyond_heatmap(windows.mass_beyond(oss, cfg.sliding_window),
                                              f"gpt-oss: attention mass \u2265 {cfg.sliding_window} tokens back",
-                                             list(cfg.layer_types))
+                                             list(cfg.layer_types),
+                                             f"all zero: this prompt has only {oss.T} tokens, so no key is "
+                                             f"{cfg.sliding_window} back" if oss.T <= cfg.sliding_window else None)
     if gpt2 is not None:
         s2 = gpt2_counterpart(sel, oss.n_layers if oss else gpt2.n_layers, gpt2)
         pattern, _ = gpt2.head_pattern(s2.layer, s2.head)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gptoss_viz.figures._base import MASK, SEQUENTIAL, pool, r4, style, token_labels
+from gptoss_viz.figures._base import MASK, SEQUENTIAL, pool, r4, style, token_labels, token_ticks
 
 
 def masks_figure(sliding: np.ndarray, full: np.ndarray, window: int) -> go.Figure:
@@ -34,8 +36,8 @@ def pattern_figure(pattern: np.ndarray, tokens: list[str], title: str, window: i
         fig = go.Figure(go.Heatmap(z=r4(m), x=labels, y=labels, colorscale=SEQUENTIAL, zmin=0,
                                    colorbar={"title": "attention"},
                                    hovertemplate="%{y} \u2192 %{x}<br>%{z:.3f}<extra></extra>"))
-        fig.update_xaxes(showticklabels=T <= 48)
-        fig.update_yaxes(showticklabels=T <= 48)
+        fig.update_xaxes(**token_ticks(labels, 48))
+        fig.update_yaxes(**token_ticks(labels, 48))
     else:
         fig = go.Figure(go.Heatmap(z=r4(m), x0=0, dx=b, y0=0, dy=b, colorscale=SEQUENTIAL, zmin=0,
                                    colorbar={"title": "attention"},
@@ -60,13 +62,20 @@ def distance_heatmap(edges: np.ndarray, mass: np.ndarray, window: int, title: st
     beyond = [n for n, a in zip(names, edges[:-1]) if a >= window]
     if beyond:
         fig.add_vrect(x0=names.index(beyond[0]) - 0.5, x1=len(names) - 0.5, line_width=2, line_color="#CC3311",
-                      fillcolor="rgba(0,0,0,0)", annotation_text=f"\u2265 {window} back", annotation_position="top left")
+                      fillcolor="rgba(0,0,0,0)", annotation_text=f"\u2265 {window} back",
+                      # above the box, in its colour: inside it the text sat dark on dark and ran into the colour bar
+                      annotation_position="outside top right", annotation_font={"color": "#CC3311"})
     return style(fig, title, "distance back (tokens)", "layer", height=360)
 
 
-def beyond_heatmap(beyond: np.ndarray, title: str, layer_types: list[str] | None = None) -> go.Figure:
-    """[L, H] attention mass on keys at least a window back (zero on sliding layers by construction)."""
+def beyond_heatmap(beyond: np.ndarray, title: str, layer_types: list[str] | None = None,
+                   note: str | None = None) -> go.Figure:
+    """[L, H] attention mass on keys at least a window back (zero on sliding layers by construction). `note` is
+    written over the map, e.g. why it is all zero (a prompt shorter than the window)."""
     y = [f"{i} ({t.split('_')[0]})" for i, t in enumerate(layer_types)] if layer_types else list(range(len(beyond)))
     fig = go.Figure(go.Heatmap(z=r4(beyond), y=y, colorscale=SEQUENTIAL, zmin=0, zmax=1, colorbar={"title": "mass"},
                                hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>"))
+    if note:
+        fig.add_annotation(text=html.escape(note), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                           font={"color": "white", "size": 13})
     return style(fig, title, "head", "layer", height=340)
