@@ -169,7 +169,9 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 census_tab(cfg, gptoss, gpt2)
         with gr.Row():
             share_btn = gr.Button("Copy share link", elem_id="share")
-            share_box = gr.Textbox(label="Share link", interactive=False, elem_id="share-link", buttons=["copy"])
+            # max_lines: a link carrying a prompt would otherwise wrap into a column many lines tall
+            share_box = gr.Textbox(label="Share link", interactive=False, elem_id="share-link", buttons=["copy"],
+                                   lines=1, max_lines=2)
             png_btn = gr.Button("Download this tab as PNG", elem_id="tab-png")
             export_btn = gr.Button("Export this tab as HTML", elem_id="export")
             # hidden until there is a file: empty, it showed a tall upload-like box

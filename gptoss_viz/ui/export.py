@@ -23,7 +23,8 @@ def export_html(figs: dict, tab: str, prompt: str, models: list[str], link: str,
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gptoss-viz: {html.escape(tab)}</title>
 <style>body{{font-family:Inter,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
-pre{{white-space:pre-wrap;background:#f6f6f6;padding:1em;border-radius:6px}}
+pre{{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:1em;border-radius:6px}}
+a{{overflow-wrap:anywhere}}
 .tok{{display:inline-block;border:1px solid #ccc;border-radius:3px;margin:1px;padding:0 2px;font-family:monospace}}
 .tokgrid{{display:flex;flex-wrap:wrap}} .tokcol{{border-left:1px dotted #bbb;padding:0 2px}}
 table.archcard{{border-collapse:collapse}} table.archcard td,table.archcard th{{border:1px solid #ddd;padding:4px}}
