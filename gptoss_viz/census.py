@@ -438,8 +438,11 @@ def main(argv=None) -> int:
         import torch.distributed as dist
 
         use_cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if use_cuda:
+            torch.cuda.set_device(local)  # NCCL's collectives run on the current device: one GPU per rank
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu"
+        device = f"cuda:{local}" if use_cuda else "cpu"
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if device == "cpu" else None
