@@ -16,7 +16,7 @@ def top1_grid(top1: np.ndarray, idx: np.ndarray, weight: np.ndarray, tokens: lis
     scale = [[v, CATEGORICAL[(i // 2) % n]] for i, v in enumerate(np.repeat(np.linspace(0, 1, E + 1), 2)[1:-1])]
     k = idx.shape[-1]
     # hover reads numbers per cell (customdata) and token names from the axis: no per-cell strings
-    custom = np.concatenate([idx.astype(np.float64), np.round(weight, 2)], axis=-1)  # [L, T, 2k]
+    custom = np.concatenate([idx, np.round(weight, 2)], axis=-1).astype(np.float32)  # [L, T, 2k]
     lines = "<br>".join(f"expert %{{customdata[{j}]}}: %{{customdata[{k + j}]:.2f}}" for j in range(k))
     labels = token_labels(tokens)
     fig = go.Figure(go.Heatmap(z=top1, x=labels, y=list(range(L)), customdata=custom,
