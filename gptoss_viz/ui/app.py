@@ -100,10 +100,14 @@ def run_models(cfg: AppConfig, prompt: str, gptoss: str, gpt2: str, chat: bool, 
     return traces, prompt, notices
 
 
-def render(traces: dict, sel: views.Selection) -> list:
-    """All view slots, in SLOTS order, from the stored traces (no model run except re-captured q/k)."""
-    built = views.build_all(traces.get("oss"), traces.get("gpt2"), sel)
-    return [built[tab].get(slot) for tab in SLOTS for slot in SLOTS[tab]]
+def render(traces: dict, sel: views.Selection, only: str | None = None, others=None) -> list:
+    """View slots, in SLOTS order, from the stored traces (no model run except re-captured q/k): every tab's, or
+    with `only` that tab's, and `others` (None clears a plot; gr.skip() leaves it) in the other tabs' slots."""
+    if only is None:
+        built = views.build_all(traces.get("oss"), traces.get("gpt2"), sel)
+    else:
+        built = {only: views.build(only, traces.get("oss"), traces.get("gpt2"), sel)} if only in SLOTS else {}
+    return [built[tab].get(slot) if tab in built else others for tab in SLOTS for slot in SLOTS[tab]]
 
 
 def status_line(traces: dict, prompt: str) -> str:
@@ -184,12 +188,15 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             return views.Selection(layer=int(layer_v), head=int(head_v), token=int(token_v))
 
         def on_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v,
-                       progress=gr.Progress(track_tqdm=True)):
+                       progress=gr.Progress(track_tqdm=True), lazy=False):
+            """Both models on the prompt -> every view (the `analyze` endpoint). With `lazy` (the page's own
+            button) only the visible tab's views are built and sent; the others are cleared and built when their
+            tab is opened: the browser then redraws a few figures, not all of them (2-core CPU: 1.5 s -> ~0.8 s)."""
             try:
                 traces, text, notices = run_models(cfg, prompt_v, gptoss_v, gpt2_v, chat_v)
                 first = traces.get("oss") or traces.get("gpt2")
                 sel = _selection(layer_v, head_v, token_v).clamp(first)
-                figs = render(traces, sel)
+                figs = render(traces, sel, only=tab_v) if lazy else render(traces, sel)
             except GptOssVizError as e:
                 return [gr.skip()] * 5 + [notice_md([str(e)]), gr.skip()] + [gr.skip()] * len(outputs)
             except Exception as e:  # never take the server down; say what happened
@@ -199,7 +206,8 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             tok = int(token_v) if -1 <= int(token_v) < first.T else -1  # the slider's range: -1 (last) .. T-1
             view = ViewState(prompt=text, gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,
                              layer=sel.layer, head=sel.head, token=tok)
-            new_state = {"traces": traces, "view": view}
+            new_state = {"traces": traces, "view": view,
+                         "fresh": {tab_v} if lazy else set(SLOTS)}  # tabs whose views show this selection
             # gr.update, not gr.Slider(...): the constructor refuses maximum <= its default minimum of 0, which a
             # one-token prompt (token maximum 0) or a one-layer model would hit after the work is done
             return ([new_state, gr.update(maximum=max(first.n_layers - 1, 1), value=sel.layer),
@@ -207,23 +215,36 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                      gr.update(maximum=max(first.T - 1, 0), value=tok), text,
                      notice_md(notices), status_line(traces, text)] + figs)
 
-        analyze.click(
-            _gpu(on_analyze), [prompt, gptoss, gpt2, chat, layer, head, token, current_tab],
-            [state, layer, head, token, prompt, notice, status] + outputs, api_name="analyze",
-            concurrency_limit=1, concurrency_id="model")
+        def on_analyze_page(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v,
+                            progress=gr.Progress(track_tqdm=True)):  # declared here, or Gradio shows no progress
+            return on_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, progress,
+                              lazy=True)
 
-        def on_select(st, layer_v, head_v, token_v):
+        analyze_inputs = [prompt, gptoss, gpt2, chat, layer, head, token, current_tab]
+        analyze_outputs = [state, layer, head, token, prompt, notice, status] + outputs
+        # The page's button: the visible tab only. Progress shows on the status line alone: a running timer on
+        # every output kept a CPU core busy in the browser and slowed the forward passes ~3x on 2 cores.
+        analyze.click(_gpu(on_analyze_page), analyze_inputs, analyze_outputs, api_name=False,
+                      concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
+        # The `analyze` endpoint for gradio_client and other API users: every view, from a button never shown
+        api_button = gr.Button(visible=False, elem_id="analyze-api")
+        api_button.click(_gpu(on_analyze), analyze_inputs, analyze_outputs, api_name="analyze",
+                         concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
+
+        def on_select(st, layer_v, head_v, token_v, tab_v):
+            """A new layer/head/token redraws the visible tab from the stored traces; the others when opened."""
             if not st:
-                return [gr.skip()] * len(outputs)
+                return [gr.skip()] * (1 + len(outputs))
             traces = st["traces"]
             first = traces.get("oss") or traces.get("gpt2")
             sel = _selection(layer_v, head_v, token_v).clamp(first)
             st["view"].layer, st["view"].head, st["view"].token = sel.layer, sel.head, int(token_v)
-            return render(traces, sel)
+            st["fresh"] = {tab_v}
+            return [gr.skip()] + render(traces, sel, only=tab_v)
 
         for ctl in (layer, head, token):
-            ctl.release(on_select, [state, layer, head, token], outputs, api_name=False,
-                        concurrency_limit=1, concurrency_id="model")
+            ctl.release(on_select, [state, layer, head, token, current_tab], [status] + outputs, api_name=False,
+                        concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
 
         def on_tab(evt: gr.SelectData, st):
             tab_id = evt.value if isinstance(evt.value, str) and evt.value in SLOTS else None
@@ -232,9 +253,17 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                     tab_id = t
             if st and tab_id:
                 st["view"].tab = tab_id
-            return tab_id or gr.skip()
+            figs = [gr.skip()] * len(outputs)
+            if st and tab_id in SLOTS and tab_id not in st.setdefault("fresh", set(SLOTS)):
+                v = st["view"]  # this tab was cleared by a newer analysis or selection: build it now
+                first = st["traces"].get("oss") or st["traces"].get("gpt2")
+                sel = views.Selection(layer=v.layer, head=v.head, token=v.token).clamp(first)
+                figs = render(st["traces"], sel, only=tab_id, others=gr.skip())
+                st["fresh"].add(tab_id)
+            return [tab_id or gr.skip(), gr.skip()] + figs
 
-        tabs.select(on_tab, [state], [current_tab], api_name=False)
+        tabs.select(on_tab, [state], [current_tab, status] + outputs, api_name=False,
+                    concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
 
         def on_share(st, prompt_v, gptoss_v, gpt2_v, chat_v, tab_v, layer_v, head_v, token_v, iv_v):
             v = ViewState(prompt=prompt_v or "", gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,
@@ -295,11 +324,13 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                     gr.update(value=v.token, maximum=max(v.token, 0)), gr.Tabs(selected=v.tab), v.tab,
                     notice_md(notices), v.intervention]
 
-        def on_load_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, notice_v):
+        def on_load_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, notice_v,
+                            progress=gr.Progress(track_tqdm=True)):
             """The page opens analysed: the default prompt, or the shared link's."""
             if not (prompt_v or "").strip():
                 return [gr.skip()] * (7 + len(outputs))
-            out = on_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v)
+            out = on_analyze(prompt_v, gptoss_v, gpt2_v, chat_v, layer_v, head_v, token_v, tab_v, progress,
+                             lazy=True)
             if notice_v:  # the link's own notices (invalid parameters fell back) stay on screen
                 out[5] = "\n\n".join(n for n in (notice_v, out[5]) if isinstance(n, str) and n)
             return out
@@ -314,7 +345,7 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                   api_name=False).then(
             _gpu(on_load_analyze), [prompt, gptoss, gpt2, chat, layer, head, token, current_tab, notice],
             [state, layer, head, token, prompt, notice, status] + outputs, api_name=False,
-            concurrency_limit=1, concurrency_id="model").then(
+            concurrency_limit=1, concurrency_id="model", show_progress_on=[status]).then(
             _gpu(on_load_intervene), [state, iv_text, layer, head, token], iv["outputs"], api_name=False,
             concurrency_limit=1, concurrency_id="model")
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=1)

@@ -222,6 +222,34 @@ def test_layer_and_head_sliders_redraw(page, artifacts):
     open_tab(page, "window")
 
 
+def test_tabs_never_show_a_previous_prompt(page):
+    """Only the visible tab is redrawn on Analyze; another tab must show the new prompt once opened, never the
+    figures of an earlier one."""
+    lengths = ("(id) => { const g = document.querySelector('#' + id + ' .js-plotly-plot'); "
+               "return g && g._fullData && g._fullData.length ? g._fullData[0].x.length : -1; }")  # decoded data
+    open_tab(page, "routing")
+    wait_plots(page, "routing")
+    before = status(page)
+    page.locator("#prompt textarea").fill("A short prompt of a few tokens.")
+    page.locator("#analyze").click()
+    short = tokens_in(wait_status(page, changed_from=before))["gpt-oss-nano"]
+    page.wait_for_function(f"() => ({lengths})('routing-grid') === {short}", timeout=60_000)
+    open_tab(page, "sinks")
+    page.wait_for_function(f"() => ({lengths})('sinks-per_token') === {short}", timeout=60_000)
+    open_tab(page, "overview")
+    before = status(page)
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#analyze").click()
+    long = tokens_in(wait_status(page, changed_from=before))["gpt-oss-nano"]
+    assert long != short
+    for tab, slot in (("routing", "grid"), ("sinks", "per_token")):
+        open_tab(page, tab)
+        page.wait_for_function(f"() => ({lengths})('{tab}-{slot}') === {long}", timeout=60_000)
+        wait_plots(page, tab)
+    open_tab(page, "window")
+    wait_plots(page, "window", title_re="^gpt-oss layer 3 \\(full\\) head 5")
+
+
 def test_share_link_restores_the_view(page, context, artifacts):
     page.locator("#share").click()
     page.wait_for_function("() => /^http.*\\?/.test(document.querySelector('#share-link textarea, "
