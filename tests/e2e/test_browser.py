@@ -6,6 +6,7 @@ export opens off-line. Screenshots of every tab are saved for a person to look a
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -412,6 +413,27 @@ def test_export_html_opens_offline(page, browser, artifacts):
         off.screenshot(path=str(artifacts / "export-window-offline.png"), full_page=True)
     finally:
         ctx.close()
+
+
+def test_example_prompts_and_chat_mode(context, app_server, artifacts):
+    """Picking an example fills the prompt (and the chat toggle); the harmony rendering adds gpt-oss tokens."""
+    examples = json.loads((REPO_ROOT / "assets" / "examples.json").read_text(encoding="utf-8"))
+    chat = next(e for e in examples if e.get("chat"))
+    pg = context.new_page()
+    try:
+        pg.goto(app_server["url"])
+        before = wait_status(pg)
+        pg.locator("#examples input").click()
+        pg.get_by_role("option", name=chat["name"]).click()
+        pg.wait_for_function("(p) => document.querySelector('#prompt textarea').value === p", arg=chat["prompt"],
+                             timeout=30_000)
+        assert pg.locator("#chat input[type=checkbox]").is_checked()
+        pg.locator("#analyze").click()
+        counts = tokens_in(wait_status(pg, changed_from=before))
+        assert counts["gpt-oss-nano"] > counts["gpt2-nano"] + 20, counts  # system + user turn around the text
+        shot(pg, artifacts, "example-chat")
+    finally:
+        pg.close()
 
 
 def test_narrow_screen_does_not_overflow(context, app_server, artifacts):
