@@ -21,6 +21,7 @@ def predictions_figure(gptoss: list[tuple[str, float]] | None, gpt2: list[tuple[
         fig.add_bar(x=probs, y=toks, orientation="h", name=name, marker_color=color,
                     hovertemplate="%{y}<br>p = %{x:.3f}<extra></extra>")
     fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(type="category")  # token labels such as "2" must not be read as numbers
     return style(fig, f"Next token after \u201c{label(after, 30)}\u201d (top 5)", "probability", "", height=360)
 
 
