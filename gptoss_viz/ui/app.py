@@ -243,8 +243,11 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
             return [gr.skip()] + render(traces, sel, only=tab_v)
 
         for ctl in (layer, head, token):
+            # always_last: with Gradio's default ("once") a release while the last one is still queued is dropped,
+            # and the views would stay at the previous position
             ctl.release(on_select, [state, layer, head, token, current_tab], [status] + outputs, api_name=False,
-                        concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
+                        concurrency_limit=1, concurrency_id="model", show_progress_on=[status],
+                        trigger_mode="always_last")
 
         def on_tab(evt: gr.SelectData, st):
             tab_id = evt.value if isinstance(evt.value, str) and evt.value in SLOTS else None
@@ -262,8 +265,11 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 st["fresh"].add(tab_id)
             return [tab_id or gr.skip(), gr.skip()] + figs
 
+        # always_last: with the default ("once"), a tab opened while the previous tab's event still waited in the
+        # queue was dropped: its views were never built and `current_tab` kept the old tab
         tabs.select(on_tab, [state], [current_tab, status] + outputs, api_name=False,
-                    concurrency_limit=1, concurrency_id="model", show_progress_on=[status])
+                    concurrency_limit=1, concurrency_id="model", show_progress_on=[status],
+                    trigger_mode="always_last")
 
         def on_share(st, prompt_v, gptoss_v, gpt2_v, chat_v, tab_v, layer_v, head_v, token_v, iv_v):
             v = ViewState(prompt=prompt_v or "", gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,

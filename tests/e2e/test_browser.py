@@ -251,6 +251,28 @@ def test_tabs_never_show_a_previous_prompt(page):
     wait_plots(page, "window", title_re="^gpt-oss layer 3 \\(full\\) head 5")
 
 
+def test_quick_tab_switches_are_not_lost(page):
+    """Tabs clicked while the server is busy: the last one opened must still be built (Gradio drops an event
+    fired while the same event waits in the queue, unless it is bound with trigger_mode="always_last")."""
+    lengths = ("(id) => { const g = document.querySelector('#' + id + ' .js-plotly-plot'); "
+               "return g && g._fullData && g._fullData.length ? g._fullData[0].x.length : -1; }")
+    open_tab(page, "overview")
+    before = status(page)
+    page.locator("#prompt textarea").fill("Another prompt, to make every other tab stale again.")
+    page.locator("#analyze").click()
+    page.get_by_role("tab", name=TAB_TITLES["routing"], exact=True).click()  # queued behind the analysis
+    page.get_by_role("tab", name=TAB_TITLES["sinks"], exact=True).click()  # fired while routing's is pending
+    n = tokens_in(wait_status(page, changed_from=before))["gpt-oss-nano"]
+    page.wait_for_function(f"() => ({lengths})('sinks-per_token') === {n}", timeout=60_000)
+    wait_plots(page, "sinks")
+    page.locator("#prompt textarea").fill(PROMPT)  # back to the state the next tests expect
+    before = status(page)
+    page.locator("#analyze").click()
+    wait_status(page, changed_from=before)
+    open_tab(page, "window")
+    wait_plots(page, "window", title_re="^gpt-oss layer 3 \\(full\\) head 5")
+
+
 def test_share_link_restores_the_view(page, context, artifacts):
     page.locator("#share").click()
     page.wait_for_function("() => /^http.*\\?/.test(document.querySelector('#share-link textarea, "
