@@ -265,11 +265,12 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
                 st["fresh"].add(tab_id)
             return [tab_id or gr.skip(), gr.skip()] + figs
 
-        # always_last: with the default ("once"), a tab opened while the previous tab's event still waited in the
-        # queue was dropped: its views were never built and `current_tab` kept the old tab
+        # multiple: with the default ("once"), a tab opened while the previous tab's event still waited in the
+        # queue was dropped: its views were never built and `current_tab` kept the old tab. ("always_last" sends
+        # the held event with the first click's SelectData, i.e. the wrong tab; Gradio 6.31.)
         tabs.select(on_tab, [state], [current_tab, status] + outputs, api_name=False,
                     concurrency_limit=1, concurrency_id="model", show_progress_on=[status],
-                    trigger_mode="always_last")
+                    trigger_mode="multiple")
 
         def on_share(st, prompt_v, gptoss_v, gpt2_v, chat_v, tab_v, layer_v, head_v, token_v, iv_v):
             v = ViewState(prompt=prompt_v or "", gptoss=gptoss_v, gpt2=gpt2_v, chat=bool(chat_v), tab=tab_v,

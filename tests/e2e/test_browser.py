@@ -265,6 +265,9 @@ def test_quick_tab_switches_are_not_lost(page):
     n = tokens_in(wait_status(page, changed_from=before))["gpt-oss-nano"]
     page.wait_for_function(f"() => ({lengths})('sinks-per_token') === {n}", timeout=60_000)
     wait_plots(page, "sinks")
+    page.locator("#share").click()  # the server's idea of the open tab went to the share link
+    page.wait_for_function("() => /tab=sinks/.test(document.querySelector('#share-link textarea, "
+                           "#share-link input').value)", timeout=30_000)
     page.locator("#prompt textarea").fill(PROMPT)  # back to the state the next tests expect
     before = status(page)
     page.locator("#analyze").click()
