@@ -278,10 +278,10 @@ def test_quick_tab_switches_are_not_lost(page):
 
 def test_share_link_restores_the_view(page, context, artifacts):
     page.locator("#share").click()
-    page.wait_for_function("() => /^http.*\\?/.test(document.querySelector('#share-link textarea, "
-                           "#share-link input').value)", timeout=30_000)
+    page.wait_for_function("() => /^http.*\\?.*tab=window/.test(document.querySelector('#share-link textarea, "
+                           "#share-link input').value)", timeout=30_000)  # (the box may hold an older link)
     url = page.locator("#share-link textarea, #share-link input").first.input_value()
-    assert "tab=window" in url and "layer=3" in url and "head=5" in url, url
+    assert "layer=3" in url and "head=5" in url, url
     assert page.locator("#share-link").bounding_box()["height"] < 160, "a long link must not stretch the row"
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == url, f"the clipboard holds {copied!r}"
