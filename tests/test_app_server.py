@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,6 +18,8 @@ from urllib.parse import parse_qsl
 import plotly
 import plotly.graph_objects as go
 import pytest
+
+from serving import serve_app
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -56,35 +57,11 @@ TITLES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app as `python app.py` builds it (bundled nano models, CPU), on 127.0.0.1 and a free port."""
-    import huggingface_hub.constants
-
-    from gptoss_viz.ui.app import build_app
-    from gptoss_viz.ui.launch import launch_kwargs, make_config
-
-    tmp = tmp_path_factory.mktemp("app")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp / "hf-cache"))  # empty: nothing cached
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        cfg = make_config(data_dir=tmp / "data")
-        demo = build_app(cfg)
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    show_error=False, **launch_kwargs())
-        try:
-            yield {"url": f"http://127.0.0.1:{port}/", "cfg": cfg}
-        finally:
-            demo.close()
+    with serve_app(tmp_path_factory.mktemp("app")) as (url, cfg):
+        yield {"url": url, "cfg": cfg}
 
 
 @pytest.fixture(scope="module")

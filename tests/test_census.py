@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -140,15 +139,14 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun gives each rank one thread: match it
     args = ["census", str(prompts), "--model", "gpt-oss-nano", "--gpt2", "gpt2-nano", "--batch-tokens", "40"]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, "-m", "gptoss_viz", *args, "--out", str(one)], check=True, env=env,
-                   cwd=REPO_ROOT, capture_output=True, timeout=300)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(port), "-m", "gptoss_viz"]
+    proc = subprocess.run([sys.executable, "-m", "gptoss_viz", *args, "--out", str(one)], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # --standalone: the rendezvous binds a free port itself (no window between picking a port and using it)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "gptoss_viz"]
     proc = subprocess.run([*torchrun, *args, "--out", str(two)], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a == b, "two ranks and one process disagree"

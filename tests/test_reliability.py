@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -21,17 +20,12 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from gptoss_viz.runtime.checkpoints import BUNDLED  # noqa: E402
+from serving import serve_app  # noqa: E402
 
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 3
 SOAK_SECONDS = 240  # hard stop for the whole soak
 ANALYZE_ARGS = ("gpt-oss-nano", "gpt2-nano", False, 1, 0, -1, "overview")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb() -> float:
@@ -69,29 +63,14 @@ def bad_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bad_models):
-    import huggingface_hub.constants
-
-    from gptoss_viz.ui.app import build_app
-    from gptoss_viz.ui.launch import launch_kwargs, limit_malloc_arenas, make_config
-
-    limit_malloc_arenas()  # as `python app.py` does
     tmp = tmp_path_factory.mktemp("rel")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp / "hf-cache"))
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        cfg = make_config(data_dir=tmp / "data", queue_size=16)
+
+    def add_bad(cfg):
         cfg.registry.extra_gptoss.append(bad_models[0])
         cfg.registry.extra_gpt2.append(bad_models[1])
-        demo = build_app(cfg)
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **launch_kwargs())
-        try:
-            yield f"http://127.0.0.1:{port}/", cfg, tmp
-        finally:
-            demo.close()
+
+    with serve_app(tmp, add_bad, queue_size=16) as (url, cfg):
+        yield url, cfg, tmp
 
 
 def analyze(client, prompt, gptoss="gpt-oss-nano", gpt2="gpt2-nano"):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from serving import serve_app
 
 ARTIFACTS = Path(os.environ.get("GPTOSS_VIZ_ARTIFACTS", Path(__file__).parent / "artifacts"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
@@ -33,12 +34,6 @@ def chromium_path() -> str | None:
         if p and Path(p).is_file() and os.access(p, os.X_OK):
             return p
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -67,23 +62,5 @@ def browser():
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """The app as `python app.py` builds it (bundled nano models, CPU, Hub off-line) on 127.0.0.1."""
-    import huggingface_hub.constants
-
-    from gptoss_viz.ui.app import build_app
-    from gptoss_viz.ui.launch import launch_kwargs, make_config
-
-    tmp = tmp_path_factory.mktemp("e2e-app")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp / "hf-cache"))
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        cfg = make_config(data_dir=tmp / "data")
-        demo = build_app(cfg)
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    show_error=False, **launch_kwargs())
-        try:
-            yield {"url": f"http://127.0.0.1:{port}/", "cfg": cfg}
-        finally:
-            demo.close()
+    with serve_app(tmp_path_factory.mktemp("e2e-app")) as (url, cfg):
+        yield {"url": url, "cfg": cfg}
