@@ -141,8 +141,14 @@ class Attention(nn.Module):
         q = self.hook_q(self.q_proj(x).view(*lead, T, H, D))  # [T, d] -> [T, H, D]
         k = self.hook_k(self.k_proj(x).view(*lead, T, K, D))  # [T, d] -> [T, K, D]
         v = self.hook_v(self.v_proj(x).view(*lead, T, K, D))
-        q = self.hook_q_rot(apply_rope(q, cos, sin))
-        k = self.hook_k_rot(apply_rope(k, cos, sin))
+        if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, in one launch per tensor
+            from gptoss_viz.runtime.kernels.fused import rope_fused, rope_fused_ok
+
+            rot = rope_fused if rope_fused_ok(q) and rope_fused_ok(k) else apply_rope
+        else:
+            rot = apply_rope
+        q = self.hook_q_rot(rot(q, cos, sin))
+        k = self.hook_k_rot(rot(k, cos, sin))
         window = self.window if window is None else window
         if self.fast_path_ok(q):
             from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
@@ -303,6 +309,13 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, window=None):
         x = self.hook_resid_pre(x)
+        if _fused_ok(self.attn.use_kernels, x):  # the same sums and norms, fewer launches (kernels/fused.py)
+            from gptoss_viz.runtime.kernels.fused import rms_norm_fused
+
+            a = self.attn(rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps), cos, sin, window)
+            h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
+            x = x + self.mlp(h)
+            return self.hook_resid_post(x)
         x = x + self.attn(self.input_layernorm(x), cos, sin, window)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return self.hook_resid_post(x)
@@ -357,6 +370,10 @@ class GptOss(HookedModel):
         for block in self.blocks:
             x = block(x, cos, sin, window if block.attn.window is not None else None)
         self.last_path = self._paths_taken()
+        if _fused_ok(self.use_kernels, x):
+            from gptoss_viz.runtime.kernels.fused import rms_norm_fused
+
+            return self.lm_head(rms_norm_fused(x, self.norm.weight, self.norm.eps))
         return self.lm_head(self.norm(x))  # [T, V]
 
     @property
@@ -386,6 +403,11 @@ def _kernels_available(device: torch.device) -> bool:
     from gptoss_viz.runtime.kernels import available
 
     return available(device)
+
+
+def _fused_ok(use_kernels: bool, x: torch.Tensor) -> bool:
+    """The small fused kernels (RMSNorm, RoPE) run on CUDA in bf16 (the model's dtype), kernels on."""
+    return use_kernels and x.is_cuda and x.dtype == torch.bfloat16 and _kernels_available(x.device)
 
 
 def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:

@@ -98,3 +98,91 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, num_warps=4, num_stages=2)
     out = out.view(*lead, T, H, D)
     return out, (sink_prob.view(*lead, H, T) if want_sink else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Trace's pattern statistics without the pattern
+
+@triton.jit
+def _pattern_stats_kernel(q_ptr, k_ptr, sinks_ptr, edges_ptr, out_ptr,
+                          T, window, qk_scale, sqt, sqh, skt, skh, so_m, so_h,
+                          GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          NB: tl.constexpr, NBP: tl.constexpr):
+    """Per (query block, head): the mass each distance bucket gets and the mass on key 0 (queries >= 1), summed
+    over the block's queries. Pass 1 finds each row's running max and sum with the sink column, exactly as the
+    forward kernel does; pass 2 walks the same keys again and adds exp2(s - m) / l into the buckets."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    kvh = h // GROUP
+    q_start = pid_m * BM
+    rm = q_start + tl.arange(0, BM)
+    rd = tl.arange(0, D)
+    mask_m = rm < T
+    q = tl.load(q_ptr + rm[:, None] * sqt + h * sqh + rd[None, :], mask=mask_m[:, None], other=0.0)
+    LOG2E: tl.constexpr = 1.4426950408889634
+    sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E
+    m_i = tl.zeros([BM], dtype=tl.float32) + sink
+    l_i = tl.zeros([BM], dtype=tl.float32) + 1.0
+    lo = q_start - window + 1
+    lo = (lo * (lo > 0) // BN) * BN
+    for n0 in range(lo, q_start + BM, BN):
+        rn = n0 + tl.arange(0, BN)
+        kt = tl.load(k_ptr + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :], other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+        m_i = m_new
+    inv_l = 1.0 / l_i
+    rb = tl.arange(0, NBP)
+    dist = tl.zeros([NBP], dtype=tl.float32)
+    first = tl.sum(tl.zeros([BM], dtype=tl.float32), 0)
+    for n0 in range(lo, q_start + BM, BN):
+        rn = n0 + tl.arange(0, BN)
+        kt = tl.load(k_ptr + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :], other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        d = rm[:, None] - rn[None, :]  # query position - key position
+        allowed = (d >= 0) & (d < window) & mask_m[:, None]
+        p = tl.where(allowed, tl.exp2(s - m_i[:, None]) * inv_l[:, None], 0.0)
+        if n0 == 0:
+            first += tl.sum(tl.sum(tl.where((rn[None, :] == 0) & (rm[:, None] >= 1), p, 0.0), 1), 0)
+        d_min = q_start - (n0 + BN - 1)  # the distances this tile spans
+        d_max = q_start + BM - 1 - n0
+        for b in tl.static_range(NB):
+            e_lo = tl.load(edges_ptr + b)
+            e_hi = tl.load(edges_ptr + b + 1)
+            if (e_hi > d_min) & (e_lo <= d_max):  # skip buckets the tile cannot reach
+                mass = tl.sum(tl.sum(tl.where((d >= e_lo) & (d < e_hi), p, 0.0), 1), 0)
+                dist = tl.where(rb == b, dist + mass, dist)
+    dist = tl.where(rb == NB, first, dist)
+    tl.store(out_ptr + pid_m * so_m + h * so_h + rb, dist, mask=rb <= NB)
+
+
+def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
+                        edges, scale: float | None = None, block_m: int = 64, block_n: int = 64):
+    """q [T, H, D], k [T, K, D], sinks [H], edges [B+1] (ints, increasing) -> (first_token_mass [H],
+    distance_mass [H, B]) fp32: what trace.pattern_reductions computes from attention_with_sinks's pattern
+    (mean over queries 1.. of the mass on key 0; mean over queries of the mass at distances edges[b] <= q - k <
+    edges[b+1]), without ever holding a pattern block. Per-block partial sums are added in a fixed order."""
+    T, H, D = q.shape
+    K = k.shape[1]
+    if H % K:
+        raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head dim {D} must be a power of two >= 16 for this kernel")
+    scale = D ** -0.5 if scale is None else scale
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    e = torch.as_tensor(edges, device=q.device)  # int64 or int32: both load as integers
+    NB = e.numel() - 1
+    n_blocks = triton.cdiv(T, block_m)
+    out = torch.empty(n_blocks, H, NB + 1, device=q.device, dtype=torch.float32)
+    win = T + block_m if window is None else int(window)
+    _pattern_stats_kernel[(n_blocks, H)](
+        q, k, sinks, e, out, T, win, float(scale) * math.log2(math.e),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=triton.next_power_of_2(NB + 1),
+        num_warps=4, num_stages=2)
+    tot = out.sum(0)  # [H, B+1]
+    return tot[:, NB] / max(T - 1, 1), tot[:, :NB] / T

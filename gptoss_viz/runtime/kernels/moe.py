@@ -3,7 +3,8 @@
 Computes exactly what gptoss.MoE.combine computes (SPEC.md, "Expert"): for each token t and each of its k chosen
 experts e, y_e = W2_e swiglu_clamped(W1_e x_t + b1_e) + b2_e, and out_t = sum_j weight[t, j] y_{idx[t, j]}.
 
-How: the (token, slot) assignments are sorted by expert (schedule.moe_schedule); each program of a kernel takes
+How: the (token, slot) assignments are sorted by expert (fused.moe_schedule_fused, the same arrays as
+schedule.moe_schedule in one launch); each program of a kernel takes
 BM consecutive rows of one expert and BN output columns, and walks the input dimension BK values at a time,
 decoding that slice of the expert's packed weights (uint8 blocks + E8M0 scales, the checkpoint's own layout) to
 the activation dtype in registers before the tensor-core dot. Accumulation is fp32.
@@ -12,42 +13,126 @@ the activation dtype in registers before the tensor-core dot. Accumulation is fp
   2. down: + bias, times the routing weight, written in fp32 to the assignment's own row (t * k + j), so the
      k contributions of a token are summed afterwards in a fixed order (deterministic, no atomics).
 
-MXFP4 decoding (OCP Microscaling spec v1.0; mxfp4.py is the reference): a nibble s|e1 e0|m is placed at bits 15
-and 11..9 of an fp16 word, which makes the fp16 number exactly fp4 * 2^-14 for all 16 codes (e = 0 lands on the
-fp16 subnormal 0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
-2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240; trained checkpoints sit
-near 127, and 255 (NaN) is rejected at load.
+MXFP4 decoding (OCP Microscaling spec v1.0; mxfp4.py is the reference), three variants, each tested bit for bit
+against mxfp4_dequant over every byte and scale of its range (tests/test_kernels_gpu.py):
+  0 (fp16/fp32 activations, GPUs before Hopper): a nibble s|e1 e0|m is placed at bits 15 and 11..9 of an fp16
+    word, which makes the fp16 number exactly fp4 * 2^-14 for all 16 codes (e = 0 lands on the fp16 subnormal
+    0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
+    2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240.
+  1: bf16 bit patterns from integer operations (scales 2..252); kept for the sweep, never faster.
+  2 (the default for bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_bf16x2), ~4
+    instructions a value instead of 10-12; 10-25% faster per MoE layer (benchmarks/moe_variants.py). Exact for
+    scales 1..254; scale 0 (2^-127) would decode to 0 instead of at most 6 * 2^-127.
+Trained checkpoints sit near scale 127, and 255 (NaN) is rejected at load.
 
 Letters: N tokens, d hidden, I expert width, E experts, k experts per token, A = N * k assignments.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from gptoss_viz.runtime.kernels.schedule import moe_schedule
+from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+
+
+@triton.jit
+def _decode_bf16x2(byte, scale):
+    """uint8 bytes and their E8M0 scales (same shape) -> (low-nibble values, high-nibble values) in bf16.
+
+    Four bytes per instance, two bf16 values per 32-bit register: prmt spreads bytes b0, b1 into the two 16-bit
+    halves of a word; a nibble s|e1 e0|m then goes to bit 15 (sign) and bits 8..6 (the low exponent bits and the
+    top mantissa bit), which is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0 is a bf16 subnormal); one
+    bf16x2 multiply by 2^126 makes it the fp4 value and one by 2^(scale - 127) (bf16 bits scale << 7) scales it.
+    Both products are exact (powers of two, no overflow for |fp4| <= 6) for scales 1..254; PTX's bf16
+    multiply keeps subnormals. Roughly 4 instructions per value against 10-12 for DECODE 0."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 t01, t23, s01, s23, a, b, two126;
+        mov.b32 two126, 0x7E807E80;
+        prmt.b32 t01, $4, 0, 0x4140;
+        prmt.b32 t23, $4, 0, 0x4342;
+        prmt.b32 s01, $5, 0, 0x4140;
+        prmt.b32 s23, $5, 0, 0x4342;
+        shl.b32 s01, s01, 7;
+        shl.b32 s23, s23, 7;
+        shl.b32 a, t01, 6;
+        and.b32 a, a, 0x01C001C0;
+        shl.b32 b, t01, 12;
+        and.b32 b, b, 0x80008000;
+        or.b32 a, a, b;
+        mul.rn.bf16x2 a, a, two126;
+        mul.rn.bf16x2 $0, a, s01;
+        shl.b32 a, t23, 6;
+        and.b32 a, a, 0x01C001C0;
+        shl.b32 b, t23, 12;
+        and.b32 b, b, 0x80008000;
+        or.b32 a, a, b;
+        mul.rn.bf16x2 a, a, two126;
+        mul.rn.bf16x2 $1, a, s23;
+        shl.b32 a, t01, 2;
+        and.b32 a, a, 0x01C001C0;
+        shl.b32 b, t01, 8;
+        and.b32 b, b, 0x80008000;
+        or.b32 a, a, b;
+        mul.rn.bf16x2 a, a, two126;
+        mul.rn.bf16x2 $2, a, s01;
+        shl.b32 a, t23, 2;
+        and.b32 a, a, 0x01C001C0;
+        shl.b32 b, t23, 8;
+        and.b32 b, b, 0x80008000;
+        or.b32 a, a, b;
+        mul.rn.bf16x2 a, a, two126;
+        mul.rn.bf16x2 $3, a, s23;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r,r", args=[byte, scale], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
+        pack=4)
 
 
 @triton.jit
 def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
-                  BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr):
-    """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE."""
+                  BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
+    """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE.
+
+    DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 1: bf16 bit patterns built with integer
+    operations only, the scale added to the exponent field (exact for scales 2..252; the caller checks).
+    DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90): see _decode_bf16x2."""
     rb = tl.arange(0, BK // 2)
     byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
-                   mask=mask_n[:, None], other=0).to(tl.uint16)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
+                   mask=mask_n[:, None], other=0).to(tl.int32)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
     rs = tl.arange(0, BK // 32)
     s = tl.load(scl_ptr + rn[:, None] * stride_sn + (k0 // 32 + rs)[None, :],
                 mask=mask_n[:, None], other=127).to(tl.int32)  # [BN, BK/32] E8M0 exponents
-    scale = ((s + 14) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127) * 2^14
+    if DECODE == 2:
+        s8 = tl.broadcast_to(s.to(tl.uint8).reshape(BN, BK // 32, 1), (BN, BK // 32, 16)).reshape(BN, BK // 2)
+        lo, hi = _decode_bf16x2(byte.to(tl.uint8), s8)
+        return tl.join(lo, hi).reshape(BN, BK)
     lo = byte & 15
     hi = byte >> 4
-    lo = (((lo & 7) << 9) | ((lo & 8) << 12)).to(tl.float16, bitcast=True)  # fp4 * 2^-14, exact
-    hi = (((hi & 7) << 9) | ((hi & 8) << 12)).to(tl.float16, bitcast=True)
-    lo = (lo.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2)
-    hi = (hi.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2)
-    return tl.join(lo, hi).reshape(BN, BK).to(DTYPE)  # interleave: column 2b from lo, 2b+1 from hi
+    if DECODE == 0:
+        scale = ((s + 14) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127) * 2^14
+        lo = (((lo & 7) << 9) | ((lo & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)  # fp4 * 2^-14, exact
+        hi = (((hi & 7) << 9) | ((hi & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
+        lo = (lo.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
+        hi = (hi.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
+    else:
+        # |fp4| codes c = 2..7 (1, 1.5, 2, 3, 4, 6) are bf16 0x3F00 + 64c; times 2^(s-127): + (s - 127) << 7.
+        # c = 1 (0.5) sits 64 below that line and c = 0 is zero.
+        base = ((s - 1) << 7).reshape(BN, BK // 32, 1)
+        lo = lo.reshape(BN, BK // 32, 16)
+        hi = hi.reshape(BN, BK // 32, 16)
+        cl = lo & 7
+        ch = hi & 7
+        vl = tl.where(cl > 1, base + (cl << 6), tl.where(cl == 1, base, 0)) | ((lo & 8) << 12)
+        vh = tl.where(ch > 1, base + (ch << 6), tl.where(ch == 1, base, 0)) | ((hi & 8) << 12)
+        lo = vl.to(tl.int16).to(tl.bfloat16, bitcast=True).reshape(BN, BK // 2)
+        hi = vh.to(tl.int16).to(tl.bfloat16, bitcast=True).reshape(BN, BK // 2)
+    return tl.join(lo, hi).reshape(BN, BK)  # interleave: column 2b from lo, 2b+1 from hi
 
 
 @triton.jit
@@ -55,7 +140,8 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
                            tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                            K, N, stride_xm, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
                            limit, alpha,
-                           TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                           TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           SWAP: tl.constexpr, DECODE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     start = tl.load(tile_start_ptr + pid_m)
@@ -71,11 +157,19 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
     rk = tl.arange(0, BK)
     blk = blk_ptr + e * stride_be
     scl = scl_ptr + e * stride_se
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        x = tl.load(x_ptr + tok[:, None] * stride_xm + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
-        w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, x.dtype)  # [BN, BK]
-        acc = tl.dot(x, tl.trans(w), acc)  # [BM, BN] fp32
+    if SWAP:  # out^T = W x^T: the decoded weights are the register operand, tokens the narrow side
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            xt = tl.load(x_ptr + tok[None, :] * stride_xm + (k0 + rk)[:, None], mask=mask_m[None, :], other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, xt.dtype, DECODE)
+            acc = tl.dot(w, xt, acc)  # [BN, BM] fp32
+        acc = tl.trans(acc)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + tok[:, None] * stride_xm + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, x.dtype, DECODE)
+            acc = tl.dot(x, tl.trans(w), acc)  # [BM, BN] fp32
     h = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(h.reshape(BM, BN // 2, 2))  # [BM, BN/2] each
     gate = tl.minimum(gate, limit)  # clamped above only
@@ -90,7 +184,8 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
 def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_ptr,
                  tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                  K, N, stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_ym,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr,
+                 DECODE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     start = tl.load(tile_start_ptr + pid_m)
@@ -106,12 +201,21 @@ def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_pt
     rk = tl.arange(0, BK)
     blk = blk_ptr + e * stride_be
     scl = scl_ptr + e * stride_se
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        a = tl.load(a_ptr + rm[:, None].to(tl.int64) * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None],
-                    other=0.0)
-        w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype)
-        acc = tl.dot(a, tl.trans(w), acc)
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            at = tl.load(a_ptr + rm[None, :].to(tl.int64) * stride_am + (k0 + rk)[:, None], mask=mask_m[None, :],
+                         other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, at.dtype, DECODE)
+            acc = tl.dot(w, at, acc)
+        acc = tl.trans(acc)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = tl.load(a_ptr + rm[:, None].to(tl.int64) * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None],
+                        other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype, DECODE)
+            acc = tl.dot(a, tl.trans(w), acc)
     y = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = y * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
     tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
@@ -128,12 +232,20 @@ def _block_m(rows_per_expert: float) -> int:
     return 128
 
 
-# (BN, BK, num_warps, num_stages) per kernel and rows per tile BM: the fastest of a sweep on one gpt-oss-20b layer
-# on an H200 (benchmarks/gpu_gptoss.py moe_sweep, 2026-11-28; results/gpu_gptoss.json), among candidates that
-# ptxas compiles for sm_90 without (or with < 32 bytes of) register spills. Differences under ~15% were within
-# the run-to-run spread there.
-GATE_UP_CONFIGS = {16: (64, 64, 4, 3), 32: (64, 64, 4, 4), 64: (64, 64, 4, 3), 128: (128, 64, 8, 4)}
-DOWN_CONFIGS = {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 64, 8, 3)}
+# (BN, BK, num_warps, num_stages, SWAP) per kernel and rows per tile BM, with the bf16x2 decode: the fastest of a
+# sweep on one gpt-oss-20b layer on an H200 (benchmarks/moe_variants.py, 2026-11-28; results/moe_variants.json).
+# SWAP (weights as the register operand, tokens the narrow side of the dot) wins for the short tiles of small
+# prompts; for BM = 128 the earlier table stayed (best at 1024 tokens; (64, 64, 4, 3) was ~10% faster at 2048 and
+# 4096, within the run-to-run spread of ~10%).
+GATE_UP_CONFIGS = {16: (64, 64, 4, 3, True), 32: (128, 128, 8, 3, True), 64: (64, 128, 4, 3, False),
+                   128: (128, 64, 8, 4, False)}
+DOWN_CONFIGS = {16: (64, 64, 4, 3, True), 32: (128, 128, 8, 3, True), 64: (64, 128, 4, 3, False),
+                128: (64, 64, 8, 3, False)}
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def _fit(bn: int, bk: int, n: int, k: int) -> tuple[int, int]:
@@ -152,7 +264,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
               limit: float, alpha: float, block_m: int | None = None,
-              configs: tuple[tuple, tuple] | None = None) -> torch.Tensor:
+              configs: tuple[tuple, tuple] | None = None, decode: int | None = None) -> torch.Tensor:
     """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype.
 
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
@@ -169,13 +281,17 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (the kernel walks the checkpoint layout)")
     x = x.contiguous()
+    if decode is None:
+        decode = 2 if x.dtype == torch.bfloat16 and _capability(x.device) >= (9, 0) else 0
+    if decode == 2 and x.dtype != torch.bfloat16:
+        raise ValueError("decode 2 builds bf16 values: it needs bf16 activations")
     bm = block_m or _block_m(A / E)
-    sched = moe_schedule(idx, E, bm)
+    sched = moe_schedule_fused(idx, E, bm)
     order = sched.order.to(torch.int32)
 
     # 1. gate_up + bias + clamped SwiGLU: act [A, I], rows in expert-grouped order
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    (bn1, bk1, w1, st1), (bn2, bk2, w2, st2) = configs or (GATE_UP_CONFIGS[bm], DOWN_CONFIGS[bm])
+    (bn1, bk1, w1, st1, sw1), (bn2, bk2, w2, st2, sw2) = configs or (GATE_UP_CONFIGS[bm], DOWN_CONFIGS[bm])
     bn1, bk1 = _fit(bn1, bk1, two_i, d)
     bn2, bk2 = _fit(bn2, bk2, d, I)
     grid1 = (sched.n_tiles, triton.cdiv(two_i, bn1))
@@ -184,7 +300,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         sched.tile_expert, sched.tile_start, sched.tile_end,
         d, two_i, x.stride(0), gate_up_blocks.stride(0), d // 2, gate_up_scales.stride(0), d // 32,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        TOP_K=k, BM=bm, BN=bn1, BK=bk1, num_warps=w1, num_stages=st1)
+        TOP_K=k, BM=bm, BN=bn1, BK=bk1, SWAP=sw1, DECODE=decode, num_warps=w1, num_stages=st1)
 
     # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d] (fp32)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
@@ -195,5 +311,5 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         sched.tile_expert, sched.tile_start, sched.tile_end,
         I, d, act.stride(0), down_blocks.stride(0), I // 2, down_scales.stride(0), I // 32,
         down_bias.stride(0), y.stride(0),
-        BM=bm, BN=bn2, BK=bk2, num_warps=w2, num_stages=st2)
+        BM=bm, BN=bn2, BK=bk2, SWAP=sw2, DECODE=decode, num_warps=w2, num_stages=st2)
     return y.view(N, k, d).sum(1).to(x.dtype)  # each token's k weighted expert outputs, summed in fp32

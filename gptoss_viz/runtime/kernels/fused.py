@@ -1,0 +1,156 @@
+"""Small fused kernels for the fast path: one launch where the readable reference takes eight to twenty.
+
+At 1024 tokens a gpt-oss-20b forward launched ~4,000 kernels, ~170 per layer, most of them elementwise pieces
+of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of the forward waiting on the host
+(benchmarks/profile_forward.py). Each kernel here computes what a reference function computes:
+
+- `rms_norm_fused`: gptoss.rms_norm (fp32 maths, cast back), optionally adding the residual first (the block's
+  `x + attn(...)`, rounded to the activation dtype as the reference's bf16 add rounds it) and returning the sum.
+- `rope_fused`: rope.apply_rope with the reference's roundings reproduced step by step (cos/sin cast to the
+  activation dtype, each product and the difference rounded), so it equals the reference bit for bit.
+- `moe_schedule_fused`: schedule.moe_schedule's tile arrays (expert histogram, prefix sums, tile -> expert) in one
+  single-program kernel; the stable argsort stays torch's.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gptoss_viz.runtime.kernels.schedule import MoeSchedule, max_tiles
+
+
+@triton.jit
+def _round_to(x, DT: tl.constexpr):
+    """fp32 -> fp32 holding the nearest DT value (ties to even). For bf16 by integer arithmetic: Triton folds a
+    plain `.to(bf16).to(fp32)` round trip away (measured on an H200: the RoPE products came out unrounded)."""
+    if DT == tl.bfloat16:
+        b = x.to(tl.uint32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000  # finite inputs
+        y = b.to(tl.float32, bitcast=True)
+    else:
+        y = x.to(DT).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, N, eps, stride_x, stride_r, stride_o, stride_s,
+                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(r_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        xf = _round_to(x.to(tl.float32) + r.to(tl.float32), x.dtype)  # the reference's x + r, rounded like it
+        tl.store(sum_ptr + row * stride_s + cols, xf.to(x.dtype), mask=mask)
+    else:
+        xf = x.to(tl.float32)
+    ms = tl.sum(xf * xf, 0) / N
+    y = xf / tl.sqrt_rn(ms + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """rms_norm(x, weight, eps), or with `residual`: s = x + residual, returns (rms_norm(s, ...), s)."""
+    shape = x.shape
+    N = shape[-1]
+    x2 = x.reshape(-1, N)
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    out = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
+    if residual is not None:
+        r2 = residual.reshape(-1, N)
+        r2 = r2 if r2.stride(-1) == 1 else r2.contiguous()
+        s = torch.empty_like(out)
+    else:
+        r2 = s = x2
+    _rms_norm_kernel[(x2.shape[0],)](x2, r2, weight, out, s, N, float(eps), x2.stride(0), r2.stride(0),
+                                     out.stride(0), s.stride(0), HAS_RES=residual is not None,
+                                     BLOCK=triton.next_power_of_2(N), num_warps=8)
+    if residual is None:
+        return out.view(shape)
+    return out.view(shape), s.view(shape)
+
+
+@triton.jit
+def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, n_heads, stride_xt, stride_xh, stride_c,
+                 HALF: tl.constexpr, BH: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    rh = tl.arange(0, BH)
+    ri = tl.arange(0, HALF)
+    mask = (rh < n_heads)[:, None]
+    DT = out_ptr.dtype.element_ty
+    c = _round_to(tl.load(cos_ptr + t * stride_c + ri), DT)[None, :]  # cos.to(x.dtype)
+    s = _round_to(tl.load(sin_ptr + t * stride_c + ri), DT)[None, :]
+    base = x_ptr + t * stride_xt + rh[:, None] * stride_xh + ri[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+    # each elementwise op of the reference rounds to the activation dtype: reproduce every rounding
+    o1 = _round_to(_round_to(x1 * c, DT) - _round_to(x2 * s, DT), DT).to(DT)
+    o2 = _round_to(_round_to(x2 * c, DT) + _round_to(x1 * s, DT), DT).to(DT)
+    ob = out_ptr + t * (n_heads * 2 * HALF) + rh[:, None] * (2 * HALF) + ri[None, :]
+    tl.store(ob, o1, mask=mask)
+    tl.store(ob + HALF, o2, mask=mask)
+
+
+def rope_fused(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope(x, cos, sin) for x [T, heads, D] (half precision; D/2 a power of two): a new contiguous tensor."""
+    T, n_heads, D = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos = cos if cos.stride(-1) == 1 else cos.contiguous()
+    sin = sin if sin.stride(-1) == 1 else sin.contiguous()
+    out = torch.empty(T, n_heads, D, device=x.device, dtype=x.dtype)
+    _rope_kernel[(T,)](x, cos, sin, out, n_heads, x.stride(0), x.stride(1), cos.stride(0),
+                       HALF=D // 2, BH=triton.next_power_of_2(n_heads), num_warps=4)
+    return out
+
+
+def rope_fused_ok(x: torch.Tensor) -> bool:
+    D = x.shape[-1]
+    return x.dim() == 3 and D >= 2 and not (D // 2) & (D // 2 - 1) and x.dtype == torch.bfloat16
+
+
+@triton.jit
+def _schedule_kernel(idx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, E, n_tiles,
+                     BLOCK_M: tl.constexpr, EP: tl.constexpr, CHUNK: tl.constexpr, TB: tl.constexpr):
+    re = tl.arange(0, EP)
+    counts = tl.zeros([EP], dtype=tl.int32)
+    for a0 in range(0, A, CHUNK):
+        ra = a0 + tl.arange(0, CHUNK)
+        v = tl.load(idx_ptr + ra, mask=ra < A, other=EP - 1).to(tl.int32)  # padding goes to a spare bin (>= E)
+        counts += tl.histogram(v, EP)
+    counts = tl.where(re < E, counts, 0)
+    ends = tl.cumsum(counts, 0)  # [EP] end row of each expert's group
+    starts = ends - counts
+    tiles = (counts + BLOCK_M - 1) // BLOCK_M
+    tile_ends = tl.cumsum(tiles, 0)
+    tile_begins = tile_ends - tiles
+    for t0 in range(0, n_tiles, TB):
+        t = t0 + tl.arange(0, TB)
+        e = tl.sum(((tile_ends[None, :] <= t[:, None]) & (re < E)[None, :]).to(tl.int32), 1)  # owner of tile t
+        valid = e < E
+        e = tl.minimum(e, E - 1)
+        sel = re[None, :] == e[:, None]  # one-hot [TB, EP]: gather by expert
+        st = tl.sum(tl.where(sel, starts[None, :], 0), 1)
+        tb = tl.sum(tl.where(sel, tile_begins[None, :], 0), 1)
+        en = tl.sum(tl.where(sel, ends[None, :], 0), 1)
+        start = st + (t - tb) * BLOCK_M
+        m = t < n_tiles
+        tl.store(tile_expert_ptr + t, e, mask=m)
+        tl.store(tile_start_ptr + t, tl.where(valid, start, 0), mask=m)
+        tl.store(tile_end_ptr + t, tl.where(valid, en, 0), mask=m)
+
+
+def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule:
+    """schedule.moe_schedule(idx, n_experts, block_m), the same arrays, from one kernel plus torch's argsort."""
+    flat = idx.reshape(-1)
+    A = flat.numel()
+    order = torch.argsort(flat, stable=True)
+    n = max_tiles(A, n_experts, block_m)
+    out = torch.empty(3, n, device=idx.device, dtype=torch.int32)
+    _schedule_kernel[(1,)](flat, out[0], out[1], out[2], A, n_experts, n, BLOCK_M=block_m,
+                           EP=triton.next_power_of_2(n_experts + 1), CHUNK=1024, TB=64, num_warps=4)
+    return MoeSchedule(order=order, tile_expert=out[0], tile_start=out[1], tile_end=out[2], n_tiles=n)
