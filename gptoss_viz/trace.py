@@ -170,7 +170,6 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
     L = len(model.blocks)
     window = cfg.sliding_window if is_oss else 128  # GPT-2 gets gpt-oss's window as a yardstick
     edges = distance_edges(T, window)
-    B = len(edges) - 1
     iv_hooks, fwd_kwargs = [], {}
     if intervention is not None and not intervention.is_noop():
         intervention.validate(cfg, T)
@@ -181,7 +180,6 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
     # (pattern_reductions: a block of queries at a time), so the forward keeps its fused attention kernel on the
     # GPU and no [H, T, T] map is ever whole; the others reduce the pattern hook's full map.
     from_qk = [is_oss and f"blocks.{i}.attn.hook_pattern" not in replaced for i in range(L)]
-    bucket = None if all(from_qk) else _bucket_index(T, edges, device)  # [T*T] bucket of each (query, key) pair
 
     red: dict[str, list] = {k: [None] * L for k in ("first", "dist", "sink", "router", "idx", "w", "mlp", "norm")}
     qk: dict[int, list] = {i: [None, None] for i in range(L)}
@@ -192,11 +190,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
 
     def on_pattern(p, hook):  # [H, T, T] -> small reductions, on the device
         i = layer_of(hook)
-        H = p.shape[0]
-        p = p.float()
-        red["first"][i] = p[:, 1:, 0].mean(-1) if T > 1 else torch.zeros(H, device=p.device)
-        mass = torch.zeros(H, B + 1, device=p.device).scatter_add_(1, bucket.expand(H, -1), p.reshape(H, -1))
-        red["dist"][i] = mass[:, :B] / T  # mean over queries; the extra column held the (zero) future keys
+        red["first"][i], red["dist"][i] = pattern_map_reductions(p, edges)
 
     def grab(key, fn=lambda x: x):
         def hook_fn(x, hook):
@@ -209,14 +203,17 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         return hook_fn
 
     q_now: dict[int, torch.Tensor] = {}
+    edges_dev = torch.as_tensor(edges, device=device)  # copied once, not once a layer
 
     def on_k_rot(k, hook):  # fires right after the same layer's hook_q_rot
         i = layer_of(hook)
         attn = model.blocks[i].attn
         layer_window = None if attn.window is None else fwd_kwargs.get("window") or attn.window
-        red["first"][i], red["dist"][i] = pattern_reductions(q_now.pop(i), k, attn.sinks, layer_window, edges)
+        red["first"][i], red["dist"][i] = pattern_reductions(q_now.pop(i), k, attn.sinks, layer_window, edges,
+                                                             use_kernel=attn.use_kernels, edges_dev=edges_dev)
 
-    rms = lambda x: x.float().pow(2).mean(-1).sqrt()  # noqa: E731  [T, d] -> [T]
+    def rms(x):  # [T, d] -> [T], root mean square in fp32 (one reduction kernel)
+        return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32) * x.shape[-1] ** -0.5
     hooks = []
     for i in range(L):
         if from_qk[i]:
@@ -287,45 +284,81 @@ PATTERN_CHUNK_BYTES = 128 << 20  # fp32 scores of one block of queries in patter
 
 
 def pattern_reductions(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
-                       edges: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                       edges: np.ndarray, use_kernel: bool = True,
+                       edges_dev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The Trace's pattern statistics of one gpt-oss layer from its rotated q [T, H, D] and k [T, K, D]:
     first_token_mass [H] (mean over queries 1.. of the mass on token 0) and distance_mass [H, B] (mean over
     queries of the mass in each distance bucket edges[b] <= q - k < edges[b+1]).
 
     The pattern comes from attention_with_sinks, the model's own function, one block of queries at a time (only
     the keys the block can see: the window's for sliding layers), so it is never whole in memory: bucket masses
-    are differences of each row's cumulative sum at the bucket edges.
+    are differences of each row's cumulative sum at the bucket edges. On CUDA (with `use_kernel`) the Triton
+    kernel kernels.attention.pattern_stats_fused computes the same sums straight from q and k (tested against
+    this code in tests/test_kernels_gpu.py).
     """
+    if use_kernel and _stats_kernel_ok(q):
+        from gptoss_viz.runtime.kernels.attention import pattern_stats_fused
+
+        return pattern_stats_fused(q, k, sinks, window, edges if edges_dev is None else edges_dev)
     T, H = q.shape[0], q.shape[1]
-    dev = q.device
-    e = torch.as_tensor(edges, device=dev)  # [B+1]
-    first = torch.zeros(H, device=dev)
-    dist = torch.zeros(H, len(edges) - 1, device=dev)
+    first = torch.zeros(H, device=q.device)
+    dist = torch.zeros(H, len(edges) - 1, device=q.device)
+    e = torch.as_tensor(edges, device=q.device) if edges_dev is None else edges_dev  # [B+1]
     chunk = max(16, PATTERN_CHUNK_BYTES // (4 * H * T))
     for a in range(0, T, chunk):
         b = min(T, a + chunk)
         lo = 0 if window is None else max(0, a - window + 1)  # keys before lo are outside every row's window
         p, _ = attention_with_sinks(q[a:b], k[lo:b], sinks, window)  # [H, n, b - lo]: queries a..b-1
-        if lo == 0 and b > 1:
-            first += p[:, max(0, 1 - a):, 0].float().sum(-1)  # queries at positions >= 1
-        cum = torch.nn.functional.pad(p.float().cumsum(-1), (1, 0))  # [H, n, b-lo+1]: cum[m] = mass on keys < lo+m
-        pos = torch.arange(a, b, device=dev)[:, None]  # [n, 1]
-        # bucket j holds keys pos - e[j+1] < key <= pos - e[j]; mass on keys <= x is cum[x - lo + 1]
-        upper = (pos - e[None, :-1] - lo + 1).clamp(min=0).expand(H, -1, -1)  # [H, n, B]
-        lower = (pos - e[None, 1:] - lo + 1).clamp(min=0).expand(H, -1, -1)
-        dist += (cum.gather(-1, upper) - cum.gather(-1, lower)).sum(1)
+        _add_block_masses(p, a, lo, e, first, dist)
     return first / max(T - 1, 1), dist / T
 
 
+def pattern_map_reductions(p: torch.Tensor, edges: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same statistics as pattern_reductions from a whole pattern p [H, T, T] (a hook_pattern: GPT-2's, or
+    a gpt-oss layer whose pattern an intervention replaced), a block of queries at a time."""
+    H, T = p.shape[0], p.shape[1]
+    first = torch.zeros(H, device=p.device)
+    dist = torch.zeros(H, len(edges) - 1, device=p.device)
+    e = torch.as_tensor(edges, device=p.device)
+    chunk = max(16, PATTERN_CHUNK_BYTES // (4 * H * T))
+    for a in range(0, T, chunk):
+        _add_block_masses(p[:, a:a + chunk], a, 0, e, first, dist)
+    return first / max(T - 1, 1), dist / T
+
+
+def _add_block_masses(p: torch.Tensor, a: int, lo: int, e: torch.Tensor, first: torch.Tensor,
+                      dist: torch.Tensor) -> None:
+    """Add the masses of a pattern block p [H, n, m] (queries a..a+n-1, keys lo..lo+m-1) into first [H] (mass on
+    key 0, queries >= 1) and dist [H, B] (mass per distance bucket), in place. Bucket masses are differences of
+    each row's cumulative sum at the bucket edges: no scatter, no atomics."""
+    n = p.shape[1]
+    if lo == 0 and a + n > 1:
+        first += p[:, max(0, 1 - a):, 0].float().sum(-1)  # queries at positions >= 1
+    cum = torch.nn.functional.pad(p.float().cumsum(-1), (1, 0))  # [H, n, m+1]: cum[x] = mass on keys < lo+x
+    pos = torch.arange(a, a + n, device=p.device)[:, None]  # [n, 1]
+    # bucket j holds keys pos - e[j+1] < key <= pos - e[j]; mass on keys <= x is cum[x - lo + 1]
+    top = cum.shape[-1] - 1
+    upper = (pos - e[None, :-1] - lo + 1).clamp(0, top).expand(p.shape[0], -1, -1)  # [H, n, B]
+    lower = (pos - e[None, 1:] - lo + 1).clamp(0, top).expand(p.shape[0], -1, -1)
+    dist += (cum.gather(-1, upper) - cum.gather(-1, lower)).sum(1)
+
+
+def _stats_kernel_ok(q: torch.Tensor) -> bool:
+    D = q.shape[-1]
+    if not (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and D >= 16 and not D & (D - 1)):
+        return False
+    from gptoss_viz.runtime.kernels import available
+
+    return available(q.device)
+
+
 def top_predictions(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int = 256):
-    """Top-k next tokens and their probabilities, [T, k] each, a few rows at a time: a whole fp32 softmax of
-    gpt-oss logits is 1.6 GB at 2048 tokens (T x 201088 x 4 bytes) for five numbers per token."""
-    probs, ids = [], []
-    for chunk in logits.split(rows):
-        logp, i = chunk.float().log_softmax(-1).topk(k, dim=-1)
-        probs.append(logp.exp())
-        ids.append(i)
-    return torch.cat(probs), torch.cat(ids)
+    """Top-k next tokens and their probabilities, [T, k] each. The top k of the logits are the top k of the
+    softmax (it is monotonic in each row), so topk runs on the logits as they are; each row's logsumexp comes in
+    fp32 a few rows at a time: a whole fp32 copy of gpt-oss logits is 1.6 GB at 2048 tokens (T x 201088 x 4)."""
+    top, ids = logits.topk(k, dim=-1)
+    lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(rows)])
+    return (top.float() - lse[:, None]).exp(), ids
 
 
 def path_taken(model) -> str:
@@ -337,17 +370,6 @@ def path_taken(model) -> str:
     if len(set(last.values())) == 1:
         return next(iter(last.values()))
     return ", ".join(f"{part}: {p}" for part, p in last.items())
-
-
-def _bucket_index(T: int, edges: np.ndarray, device) -> torch.Tensor:
-    """[1, T*T] int64: the distance bucket of each (query, key) pair, len(edges)-1 for keys in the future."""
-    q = torch.arange(T, device=device)[:, None]
-    k = torch.arange(T, device=device)[None, :]
-    dist = q - k  # [T, T]
-    e = torch.as_tensor(edges[1:-1], device=device)
-    idx = torch.bucketize(dist, e, right=True)  # edges[b] <= dist < edges[b+1] -> b
-    idx = torch.where(dist < 0, torch.full_like(idx, len(edges) - 1), idx)
-    return idx.reshape(1, T * T)
 
 
 def _qk_bytes(cfg, T: int) -> int:

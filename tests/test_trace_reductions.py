@@ -4,6 +4,7 @@ which lets the GPU forward keep its fused attention kernel) equal the same stati
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +24,20 @@ def test_pattern_reductions_equal_whole_pattern(T, H, K, window, monkeypatch):
     p, _ = attention_with_sinks(q, k, sinks, window)  # [H, T, T]
     B = len(edges) - 1
     first_ref = p[:, 1:, 0].mean(-1) if T > 1 else torch.zeros(H)
-    mass = torch.zeros(H, B + 1).scatter_add_(1, trace._bucket_index(T, edges, "cpu").expand(H, -1), p.reshape(H, -1))
-    for name, a, b in (("first_token_mass", first, first_ref), ("distance_mass", dist, mass[:, :B] / T)):
+    mass = torch.zeros(H, B + 1).scatter_add_(1, bucket_index(T, edges).expand(H, -1), p.reshape(H, -1))
+    first_map, dist_map = trace.pattern_map_reductions(p, edges)  # the path for GPT-2 and replaced patterns
+    for name, a, b in (("first_token_mass", first, first_ref), ("distance_mass", dist, mass[:, :B] / T),
+                       ("first_token_mass from the map", first_map, first_ref),
+                       ("distance_mass from the map", dist_map, mass[:, :B] / T)):
         worst = (a - b).abs().max().item()
         assert worst < 1e-5, f"{name} T={T} window={window}: differs from the whole pattern's by {worst:.3g}"
+
+
+def bucket_index(T: int, edges: np.ndarray) -> torch.Tensor:
+    """[1, T*T] int64: the distance bucket of each (query, key) pair by bucketize, len(edges)-1 for future keys."""
+    q = torch.arange(T)[:, None]
+    k = torch.arange(T)[None, :]
+    dist = q - k  # [T, T]
+    idx = torch.bucketize(dist, torch.as_tensor(edges[1:-1]), right=True)  # edges[b] <= dist < edges[b+1] -> b
+    idx = torch.where(dist < 0, torch.full_like(idx, len(edges) - 1), idx)
+    return idx.reshape(1, T * T)
