@@ -290,51 +290,6 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
     log.info("%s", json.dumps(out))
 
 
-def moe_sweep(model, cfg, R_model: dict, install: bool) -> None:
-    """Time MoE tile configurations on one 20b layer at several token counts; with `install`, put the fastest
-    for the tile height each count gets into moe.GATE_UP_CONFIGS / DOWN_CONFIGS, so the model measurements use
-    them (then copy them into moe.py: the committed tables must be what was measured)."""
-    from gptoss_viz.runtime.kernels import moe as kmoe
-
-    mlp = model.blocks[1].mlp
-    ex = mlp.experts
-    cands = {128: ([(128, 64, 8, 3), (64, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4)],
-                   [(64, 64, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)]),
-             64: ([(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3)], [(128, 64, 8, 3), (64, 64, 4, 3)]),
-             32: ([(64, 64, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4)], [(64, 64, 4, 3), (128, 64, 4, 3)]),
-             16: ([(64, 64, 4, 3)], [(64, 64, 4, 3)])}
-    out = []
-    g = torch.Generator(device=DEV).manual_seed(2)
-    with torch.inference_mode():
-        for T, bm in ((1024, 128), (1024, 64), (256, 64), (128, 32), (128, 16)):
-            x = torch.randn(T, cfg.hidden_size, device=DEV, generator=g).to(ex.gate_up_proj_bias.dtype)
-            w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
-            w = w.softmax(-1)
-            gu_c, dn_c = cands[bm]
-
-            def t(gu, dn):
-                return gpu_ms(lambda: kmoe.moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
-                                                     ex.gate_up_proj_bias, ex.down_proj_blocks, ex.down_proj_scales,
-                                                     ex.down_proj_bias, ex.limit, ex.alpha, block_m=bm,
-                                                     configs=(gu, dn)), warmup=2, reps=7)
-            rows = [(t(gu, dn_c[0]), gu, dn_c[0]) for gu in gu_c]
-            best_gu = min(rows)[1]
-            rows += [(t(best_gu, dn), best_gu, dn) for dn in dn_c[1:]]
-            best = min(rows)
-            out.append({"T": T, "block_m": bm, "rule_block_m": kmoe._block_m(T * cfg.num_experts_per_tok /
-                                                                              cfg.num_local_experts),
-                        "timings_ms": [[ms, list(gu), list(dn)] for ms, gu, dn in rows],
-                        "best": [best[0], list(best[1]), list(best[2])]})
-            log.info("%s", json.dumps(out[-1]))
-    for r in out:  # install the winners for the tile height the rule picks at that count
-        if install and r["block_m"] == r["rule_block_m"]:
-            kmoe.GATE_UP_CONFIGS[r["block_m"]] = tuple(r["best"][1])
-            kmoe.DOWN_CONFIGS[r["block_m"]] = tuple(r["best"][2])
-    R_model["moe_sweep"] = out
-    R_model["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
-                                   "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
-
-
 def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
     """How far the bf16 fast path and the bf16 reference path each drift from an fp32 run of the same weights,
     layer by layer: random deep MoE models amplify rounding (a flipped top-k choice changes a token's expert),
@@ -366,7 +321,7 @@ def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
     log.info("%s", json.dumps(out))
 
 
-def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, sweep: str = "off") -> dict:
+def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
     R["ours20b"] = R20 = {}
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -379,16 +334,9 @@ def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, sweep: str = "o
     R20["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
                                       for _, s, dt in tensor_plan(model.config))
     cfg = model.config
-    try:
-        if sweep != "off":
-            moe_sweep(model, cfg, R20, install=sweep == "install")
-        else:
-            from gptoss_viz.runtime.kernels import moe as kmoe
-            R20["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
-                                       "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
-    except Exception as e:
-        log.exception("sweep failed")
-        R["errors"]["moe_sweep"] = f"{type(e).__name__}: {e}"[:1000]
+    from gptoss_viz.runtime.kernels import moe as kmoe  # the tables come from benchmarks/moe_variants.py
+    R20["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
+                               "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
     kept = measure_model(model, cfg, lengths, R20, R["ceilings"], deadline, keep_logits_at=KEEP_AT)
     if time.monotonic() < deadline:
         try:
@@ -441,8 +389,15 @@ def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict
         row = {"T": T}
         with torch.inference_mode():
             call = lambda: hf(ids, output_attentions=True, output_router_logits=True)  # noqa: E731
-            row["analysis_forward_ms"] = gpu_ms(call, warmup=1, reps=3)
-            row["analysis_forward_peak_bytes"] = peak_bytes(call)
+            try:
+                row["analysis_forward_ms"] = gpu_ms(call, warmup=1, reps=3)
+                row["analysis_forward_peak_bytes"] = peak_bytes(call)
+            except torch.OutOfMemoryError as e:
+                row["analysis_forward_error"] = f"out of GPU memory: {str(e)[:300]}"
+                RH.setdefault("lengths", []).append(row)
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
             if T == 1024:
                 row["plain_forward_ms"] = gpu_ms(lambda: hf(ids), warmup=1, reps=3)
             if T in ours_logits:
@@ -463,6 +418,61 @@ def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict
     torch.cuda.empty_cache()
 
 
+def phase_gpt2(R: dict, T: int = 1024) -> None:
+    """GPT-2 124M shape: transformers' GPT2LMHeadModel with random weights, saved in the Hub format and loaded into
+    ours; a 1024-token prompt fully captured by both (ours: every hook point, and the app's trace; theirs:
+    output_attentions and output_hidden_states), fp32 as GPT-2 ships, TF32 off for both."""
+    import shutil
+    import tempfile
+
+    from transformers import GPT2Config as HFGPT2Config
+    from transformers import GPT2LMHeadModel
+
+    from gptoss_viz.runtime.checkpoints import BUNDLED
+    from gptoss_viz.trace import run_trace
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    R["gpt2"] = RG = {"T": T, "dtype": "float32"}
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(HFGPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024,
+                                      vocab_size=50257)).eval().to(DEV)
+    hf.config._attn_implementation = "eager"
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        hf.save_pretrained(tmp)
+        shutil.copyfile(Path(BUNDLED["gpt2-nano"]) / "tokenizer.json", tmp / "tokenizer.json")
+        ours = load_model(tmp, device=DEV)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    ids = torch.randint(0, 8000, (T,), device=DEV, generator=g)
+    names = ours.hook_names()
+    with torch.inference_mode():
+        theirs = lambda: hf(ids[None], output_attentions=True, output_hidden_states=True)  # noqa: E731
+        capture = lambda: ours.run_with_cache(ids, names)  # noqa: E731
+        RG["hook_points_captured"] = len(names)
+        RG["hf_full_capture_ms"] = gpu_ms(theirs, warmup=2, reps=5)
+        RG["hf_full_capture_peak_bytes"] = peak_bytes(theirs)
+        RG["hf_plain_forward_ms"] = gpu_ms(lambda: hf(ids[None]), warmup=2, reps=5)
+        RG["ours_full_capture_ms"] = gpu_ms(capture, warmup=2, reps=5)
+        RG["ours_full_capture_peak_bytes"] = peak_bytes(capture)
+        RG["ours_plain_forward_ms"] = gpu_ms(lambda: ours(ids), warmup=2, reps=5)
+        tok = ours.tokenizer
+        ours.tokenizer = IdsOnly(ids.tolist())
+        try:
+            traces = [run_trace(ours, "x") for _ in range(4)]
+            RG["ours_trace_ms"] = statistics.median(t.seconds for t in traces[1:]) * 1e3
+        finally:
+            ours.tokenizer = tok
+        a, b = ours(ids).float(), hf(ids[None]).logits[0].float()
+        RG["ours_vs_hf_logits_max_abs_diff"] = (a - b).abs().max().item()
+    RG["speedup_full_capture"] = RG["hf_full_capture_ms"] / RG["ours_full_capture_ms"]
+    log.info("%s", json.dumps(RG))
+    del hf, ours
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def summary(R: dict) -> str:
     lines = [f"{R['env']['gpu']} {R['env']['date']}"]
     c = R.get("ceilings", {})
@@ -479,9 +489,6 @@ def summary(R: dict) -> str:
                          f"{r['lean_trace_peak_bytes'] / GiB:.2f} GiB | full {r['full_trace_ms']:.1f} ms "
                          f"{r['full_trace_peak_bytes'] / GiB:.2f} GiB"
                          + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else ""))
-    for r in R.get("ours20b", {}).get("moe_sweep", []):
-        lines.append(f"moe sweep T={r['T']} BM={r['block_m']} (rule {r['rule_block_m']}): best {r['best'][0]:.3f} ms "
-                     f"gate_up {r['best'][1]} down {r['best'][2]}; first {r['timings_ms'][0][0]:.3f} ms")
     dv = R.get("ours20b", {}).get("divergence_vs_fp32")
     if dv:
         for tag in ("fast", "reference"):
@@ -490,11 +497,20 @@ def summary(R: dict) -> str:
                          f"{dv[tag + '_top1_agree']:.3f}, resid err layer 0/5/last "
                          f"{errs[0]:.2g}/{errs[min(5, len(errs) - 1)]:.2g}/{errs[-1]:.2g}")
     for r in R.get("hf20b", {}).get("lengths", []):
+        if "analysis_forward_ms" not in r:
+            lines.append(f"hf20b T={r['T']}: {r.get('analysis_forward_error')}")
+            continue
         lines.append(f"hf20b T={r['T']}: {r['analysis_forward_ms']:.1f} ms peak "
                      f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB"
                      + (f" | ours vs hf resid err layer 0/last {r['ours_vs_hf_resid_rel_err_by_layer'][0]:.2g}/"
                         f"{r['ours_vs_hf_resid_rel_err_by_layer'][-1]:.2g}" if "ours_vs_hf_resid_rel_err_by_layer" in r
                         else ""))
+    g2 = R.get("gpt2")
+    if g2 and "speedup_full_capture" in g2:
+        lines.append(f"gpt2 124M T={g2['T']}: full capture ours {g2['ours_full_capture_ms']:.1f} ms "
+                     f"({g2['ours_full_capture_peak_bytes'] / GiB:.2f} GiB) vs transformers {g2['hf_full_capture_ms']:.1f}"
+                     f" ms ({g2['hf_full_capture_peak_bytes'] / GiB:.2f} GiB): {g2['speedup_full_capture']:.2f}x; trace "
+                     f"{g2['ours_trace_ms']:.1f} ms; logits max diff {g2['ours_vs_hf_logits_max_abs_diff']:.2g}")
     return "\n".join(lines)
 
 
@@ -502,10 +518,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_gptoss.json"))
     ap.add_argument("--ckpt", default="/tmp/gptoss-20b-random")
-    ap.add_argument("--lengths", default="128,512,1024,2048")
-    ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b")
-    ap.add_argument("--sweep", choices=["off", "report", "install"], default="off",
-                    help="time MoE tile configurations first; 'install' makes the run use the fastest")
+    ap.add_argument("--lengths", default="128,512,1024,2048,4096")
+    ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b,gpt2")
     ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -536,9 +550,10 @@ def main() -> None:
     run("ceilings", phase_ceilings, R)
     if "gen20b" in args.phases and not (ckpt / "model.safetensors.index.json").is_file():
         run("gen20b", phase_gen20b, R, ckpt)
-    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline, args.sweep) or {}
+    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline) or {}
     run("oss120b", phase_oss120b, R, deadline)
     run("hf20b", phase_hf20b, R, ckpt, lengths, deadline, kept)
+    run("gpt2", phase_gpt2, R)
     out.write_text(json.dumps(R, indent=2) + "\n")
     print(summary(R))
     print("errors:", json.dumps(R["errors"]))
