@@ -20,10 +20,11 @@ against mxfp4_dequant over every byte and scale of its range (tests/test_kernels
     0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
     2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240.
   1: bf16 bit patterns from integer operations (scales 2..252); kept for the sweep, never faster.
-  2 (bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_bf16x2), ~4 instructions a value
-    instead of 10-12; 4-23% faster per MoE layer (benchmarks/moe_variants.py). Exact for scales 1..254; scale 0
-    (2^-127) would decode to 0 instead of at most 6 * 2^-127.
-  3: variant 2 with one multiply and a lop3, ~3.5 instructions a value, exact for scales 0..128 (weights below
+  2 (bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_asm), ~4 instructions a value
+    instead of 10-12; 4-23% faster per MoE layer (benchmarks/moe_variants.py). Equal to mxfp4_dequant in fp32
+    for scales 1..254 (from 253 on the largest codes overflow to inf in both); scale 0 (2^-127) would decode to 0
+    instead of at most 6 * 2^-127.
+  3: variant 2 with one multiply, ~3.5 instructions a value, exact for scales 0..128 (weights below
     12 in magnitude: any trained checkpoint). On one 20b layer it was 23% faster to 20% slower than variant 2
     depending on the tile, on a machine whose timings drifted by up to 2x within the run (benchmarks/RESULTS.md),
     so it is not the default; it stays in the sweep and the tests.
@@ -43,101 +44,44 @@ import triton.language as tl
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
 
 
-@triton.jit
-def _decode_bf16x2(byte, scale):
-    """uint8 bytes and their E8M0 scales (same shape) -> (low-nibble values, high-nibble values) in bf16.
+def _decode_asm(one_multiply: bool) -> str:
+    """PTX for _decode_bf16x2: four bytes (one register, $4) and their four scales ($5) -> four registers of two
+    bf16 each ($0, $1: the low nibbles of bytes 0-1 and 2-3; $2, $3: the high nibbles).
 
-    Four bytes per instance, two bf16 values per 32-bit register: prmt spreads bytes b0, b1 into the two 16-bit
-    halves of a word; a nibble s|e1 e0|m then goes to bit 15 (sign) and bits 8..6 (the low exponent bits and the
-    top mantissa bit), which is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0 is a bf16 subnormal); one
-    bf16x2 multiply by 2^126 makes it the fp4 value and one by 2^(scale - 127) (bf16 bits scale << 7) scales it.
-    Both products are exact (powers of two, no overflow for |fp4| <= 6) for scales 1..254; PTX's bf16
-    multiply keeps subnormals. Roughly 4 instructions per value against 10-12 for DECODE 0."""
-    return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 t01, t23, s01, s23, a, b, two126;
-        mov.b32 two126, 0x7E807E80;
-        prmt.b32 t01, $4, 0, 0x4140;
-        prmt.b32 t23, $4, 0, 0x4342;
-        prmt.b32 s01, $5, 0, 0x4140;
-        prmt.b32 s23, $5, 0, 0x4342;
-        shl.b32 s01, s01, 7;
-        shl.b32 s23, s23, 7;
-        shl.b32 a, t01, 6;
-        and.b32 a, a, 0x01C001C0;
-        shl.b32 b, t01, 12;
-        and.b32 b, b, 0x80008000;
-        or.b32 a, a, b;
-        mul.rn.bf16x2 a, a, two126;
-        mul.rn.bf16x2 $0, a, s01;
-        shl.b32 a, t23, 6;
-        and.b32 a, a, 0x01C001C0;
-        shl.b32 b, t23, 12;
-        and.b32 b, b, 0x80008000;
-        or.b32 a, a, b;
-        mul.rn.bf16x2 a, a, two126;
-        mul.rn.bf16x2 $1, a, s23;
-        shl.b32 a, t01, 2;
-        and.b32 a, a, 0x01C001C0;
-        shl.b32 b, t01, 8;
-        and.b32 b, b, 0x80008000;
-        or.b32 a, a, b;
-        mul.rn.bf16x2 a, a, two126;
-        mul.rn.bf16x2 $2, a, s01;
-        shl.b32 a, t23, 2;
-        and.b32 a, a, 0x01C001C0;
-        shl.b32 b, t23, 8;
-        and.b32 b, b, 0x80008000;
-        or.b32 a, a, b;
-        mul.rn.bf16x2 a, a, two126;
-        mul.rn.bf16x2 $3, a, s23;
-        }
-        """,
-        constraints="=r,=r,=r,=r,r,r", args=[byte, scale], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
-        pack=4)
+    prmt spreads bytes b0, b1 into the two 16-bit halves of a word t; shifting t left by 6 (low nibbles) or 2 (high
+    nibbles) puts a nibble's e1 e0 m bits at 8..6, and by 6 more its sign bit at 15; one lop3 ((a & c) | (b & ~c),
+    table 0xE4) and one mask keep just those bits. That is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0
+    is a bf16 subnormal, which PTX's bf16 multiply keeps). Then either two bf16x2 multiplies, by 2^126 and by
+    2^(scale - 127) (bf16 bits scale << 7; exact for scales 1..252, inf for the largest codes from 253 on, as in
+    fp32), or one by 2^(scale - 1) (bf16 bits
+    (scale + 126) << 7, a bf16 number only for scales 0..128)."""
+    lines = [".reg .b32 t01, t23, s01, s23, u, v, m, two126;", "mov.b32 m, 0x01C001C0;", "mov.b32 two126, 0x7E807E80;",
+             "prmt.b32 t01, $4, 0, 0x4140;", "prmt.b32 t23, $4, 0, 0x4342;",
+             "prmt.b32 s01, $5, 0, 0x4140;", "prmt.b32 s23, $5, 0, 0x4342;"]
+    for sc in ("s01", "s23"):
+        if one_multiply:
+            lines.append(f"add.u32 {sc}, {sc}, 0x007E007E;")
+        lines.append(f"shl.b32 {sc}, {sc}, 7;")
+    for out, (t, sc, shift) in enumerate((("t01", "s01", 6), ("t23", "s23", 6), ("t01", "s01", 2), ("t23", "s23", 2))):
+        lines += [f"shl.b32 u, {t}, {shift};", f"shl.b32 v, {t}, {shift + 6};", "lop3.b32 u, u, v, m, 0xE4;",
+                  "and.b32 u, u, 0x81C081C0;"]
+        if not one_multiply:
+            lines.append("mul.rn.bf16x2 u, u, two126;")
+        lines.append(f"mul.rn.bf16x2 ${out}, u, {sc};")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_DECODE_ASM_TWO_MULTIPLIES = tl.constexpr(_decode_asm(one_multiply=False))
+_DECODE_ASM_ONE_MULTIPLY = tl.constexpr(_decode_asm(one_multiply=True))
 
 
 @triton.jit
-def _decode_bf16x2_one_multiply(byte, scale):
-    """_decode_bf16x2 with one bf16x2 multiply by 2^(scale - 1) (bf16 bits (scale + 126) << 7) instead of two,
-    and each word's bits gathered by one lop3 ((a & c) | (b & ~c), table 0xE4) plus one mask: ~3.5 instructions a
-    value. 2^(scale - 1) is a bf16 number for scales 0..128 only, where it is exact; the caller checks."""
+def _decode_bf16x2(byte, scale, ONE_MULTIPLY: tl.constexpr):
+    """uint8 bytes and their E8M0 scales (same shape) -> (low-nibble values, high-nibble values) in bf16, four
+    bytes per instance, two values per 32-bit register (_decode_asm): ~4 instructions a value (3.5 with
+    ONE_MULTIPLY) against 10-12 for DECODE 0."""
     return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 t01, t23, s01, s23, u, v, m;
-        mov.b32 m, 0x01C001C0;
-        prmt.b32 t01, $4, 0, 0x4140;
-        prmt.b32 t23, $4, 0, 0x4342;
-        prmt.b32 s01, $5, 0, 0x4140;
-        prmt.b32 s23, $5, 0, 0x4342;
-        add.u32 s01, s01, 0x007E007E;
-        add.u32 s23, s23, 0x007E007E;
-        shl.b32 s01, s01, 7;
-        shl.b32 s23, s23, 7;
-        shl.b32 u, t01, 6;
-        shl.b32 v, t01, 12;
-        lop3.b32 u, u, v, m, 0xE4;
-        and.b32 u, u, 0x81C081C0;
-        mul.rn.bf16x2 $0, u, s01;
-        shl.b32 u, t23, 6;
-        shl.b32 v, t23, 12;
-        lop3.b32 u, u, v, m, 0xE4;
-        and.b32 u, u, 0x81C081C0;
-        mul.rn.bf16x2 $1, u, s23;
-        shl.b32 u, t01, 2;
-        shl.b32 v, t01, 8;
-        lop3.b32 u, u, v, m, 0xE4;
-        and.b32 u, u, 0x81C081C0;
-        mul.rn.bf16x2 $2, u, s01;
-        shl.b32 u, t23, 2;
-        shl.b32 v, t23, 8;
-        lop3.b32 u, u, v, m, 0xE4;
-        and.b32 u, u, 0x81C081C0;
-        mul.rn.bf16x2 $3, u, s23;
-        }
-        """,
+        asm=_DECODE_ASM_ONE_MULTIPLY if ONE_MULTIPLY else _DECODE_ASM_TWO_MULTIPLIES,
         constraints="=r,=r,=r,=r,r,r", args=[byte, scale], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
         pack=4)
 
@@ -149,8 +93,8 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
 
     DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 1: bf16 bit patterns built with integer
     operations only, the scale added to the exponent field (exact for scales 2..252; the caller checks).
-    DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90): see _decode_bf16x2. DECODE 3: the same
-    with one multiply (scales 0..128): _decode_bf16x2_one_multiply."""
+    DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90), see _decode_asm; DECODE 3: the same with
+    one multiply (scales 0..128)."""
     rb = tl.arange(0, BK // 2)
     byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
                    mask=mask_n[:, None], other=0).to(tl.int32)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
@@ -159,10 +103,7 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
                 mask=mask_n[:, None], other=127).to(tl.int32)  # [BN, BK/32] E8M0 exponents
     if DECODE >= 2:
         s8 = tl.broadcast_to(s.to(tl.uint8).reshape(BN, BK // 32, 1), (BN, BK // 32, 16)).reshape(BN, BK // 2)
-        if DECODE == 2:
-            lo, hi = _decode_bf16x2(byte.to(tl.uint8), s8)
-        else:
-            lo, hi = _decode_bf16x2_one_multiply(byte.to(tl.uint8), s8)
+        lo, hi = _decode_bf16x2(byte.to(tl.uint8), s8, DECODE == 3)
         return tl.join(lo, hi).reshape(BN, BK)
     lo = byte & 15
     hi = byte >> 4
@@ -188,6 +129,30 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
 
 
 @triton.jit
+def _rows_times_expert(a_ptr, rows, stride_am, mask_m, blk, scl, rn, mask_n, K, stride_bn, stride_sn,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr,
+                       DECODE: tl.constexpr):
+    """Rows `rows` of a [*, K] times the expert's decoded weight rows rn, transposed: [BM, BN] fp32.
+    SWAP computes it as (W a^T)^T: the decoded weights are then the register operand of the dot and the tokens
+    its narrow side, which suits short tiles."""
+    rk = tl.arange(0, BK)
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            at = tl.load(a_ptr + rows[None, :] * stride_am + (k0 + rk)[:, None], mask=mask_m[None, :], other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, at.dtype, DECODE)
+            acc = tl.dot(w, at, acc)  # [BN, BM]
+        acc = tl.trans(acc)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = tl.load(a_ptr + rows[:, None] * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype, DECODE)
+            acc = tl.dot(a, tl.trans(w), acc)  # [BM, BN]
+    return acc
+
+
+@triton.jit
 def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
                            tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                            K, N, stride_xm, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
@@ -206,22 +171,8 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
     tok = (tl.load(order_ptr + rm, mask=mask_m, other=0) // TOP_K).to(tl.int64)  # token of each row
     rn = pid_n * BN + tl.arange(0, BN)  # gate_up output rows (interleaved gate/up)
     mask_n = rn < N
-    rk = tl.arange(0, BK)
-    blk = blk_ptr + e * stride_be
-    scl = scl_ptr + e * stride_se
-    if SWAP:  # out^T = W x^T: the decoded weights are the register operand, tokens the narrow side
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            xt = tl.load(x_ptr + tok[None, :] * stride_xm + (k0 + rk)[:, None], mask=mask_m[None, :], other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, xt.dtype, DECODE)
-            acc = tl.dot(w, xt, acc)  # [BN, BM] fp32
-        acc = tl.trans(acc)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            x = tl.load(x_ptr + tok[:, None] * stride_xm + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, x.dtype, DECODE)
-            acc = tl.dot(x, tl.trans(w), acc)  # [BM, BN] fp32
+    acc = _rows_times_expert(x_ptr, tok, stride_xm, mask_m, blk_ptr + e * stride_be, scl_ptr + e * stride_se, rn,
+                             mask_n, K, stride_bn, stride_sn, BM, BN, BK, SWAP, DECODE)  # [BM, BN] fp32
     h = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(h.reshape(BM, BN // 2, 2))  # [BM, BN/2] each
     gate = tl.minimum(gate, limit)  # clamped above only
@@ -250,24 +201,8 @@ def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_pt
     dest = tl.load(order_ptr + rm, mask=mask_m, other=0).to(tl.int64)  # assignment id t * k + j of each row
     rn = pid_n * BN + tl.arange(0, BN)
     mask_n = rn < N
-    rk = tl.arange(0, BK)
-    blk = blk_ptr + e * stride_be
-    scl = scl_ptr + e * stride_se
-    if SWAP:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            at = tl.load(a_ptr + rm[None, :].to(tl.int64) * stride_am + (k0 + rk)[:, None], mask=mask_m[None, :],
-                         other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, at.dtype, DECODE)
-            acc = tl.dot(w, at, acc)
-        acc = tl.trans(acc)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            a = tl.load(a_ptr + rm[:, None].to(tl.int64) * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None],
-                        other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype, DECODE)
-            acc = tl.dot(a, tl.trans(w), acc)
+    acc = _rows_times_expert(a_ptr, rm.to(tl.int64), stride_am, mask_m, blk_ptr + e * stride_be,
+                             scl_ptr + e * stride_se, rn, mask_n, K, stride_bn, stride_sn, BM, BN, BK, SWAP, DECODE)
     y = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = y * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
     tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
