@@ -17,6 +17,7 @@ import torch
 from gptoss_viz.census import MAX_FILE_BYTES, MAX_PROMPTS, CensusInputError, parse_prompts, run_census, to_csv, to_json
 from gptoss_viz.errors import GptOssVizError
 from gptoss_viz.figures import census as f_census
+from gptoss_viz.ui.layout import plot_row
 
 CAPTION = (
     "Upload many prompts to see which experts handle what. Each line of a .txt file is a prompt; a .jsonl file "
@@ -62,12 +63,8 @@ def census_tab(cfg, gptoss_dd, gpt2_dd) -> None:
             stop = gr.Button("Cancel", elem_id="census-cancel")
     report = gr.Markdown("", elem_id="census-report")
     share = gr.Plot(show_label=False, elem_id="census-share")
-    with gr.Row():
-        entropy = gr.Plot(show_label=False, elem_id="census-entropy")
-        sinks = gr.Plot(show_label=False, elem_id="census-sinks")
-    with gr.Row():
-        gpt2_first = gr.Plot(show_label=False, elem_id="census-gpt2-first")
-        gpt2_mlp = gr.Plot(show_label=False, elem_id="census-gpt2-mlp")
+    entropy, sinks = plot_row("census-entropy", "census-sinks")
+    gpt2_first, gpt2_mlp = plot_row("census-gpt2-first", "census-gpt2-mlp")
     layer = gr.Slider(0, 3, value=0, step=1, label="Layer for the top-token table", elem_id="census-layer")
     table = gr.HTML(elem_classes=["viz-html"], elem_id="census-tokens")
     with gr.Row():

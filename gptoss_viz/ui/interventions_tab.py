@@ -13,6 +13,7 @@ from gptoss_viz.figures import interventions as f_iv
 from gptoss_viz.figures import views
 from gptoss_viz.interventions import Intervention, compare
 from gptoss_viz.trace import run_trace
+from gptoss_viz.ui.layout import plot_row
 
 CAPTION = (
     "Poke the model and watch the effect. Every change runs through the runtime's public API (hooks that replace "
@@ -90,12 +91,8 @@ def interventions_tab(state, layer_ctl, head_ctl, token_ctl) -> dict:
         text = gr.Textbox(label="Intervention (text form, editable; part of the share link)", elem_id="iv-text")
         go_btn = gr.Button("Apply", variant="primary", elem_id="iv-apply")
     summary = gr.Markdown("", elem_id="iv-summary")
-    with gr.Row():
-        nxt = gr.Plot(show_label=False, elem_id="iv-next")
-        resid = gr.Plot(show_label=False, elem_id="iv-resid")
-    with gr.Row():
-        before = gr.Plot(show_label=False, elem_id="iv-before")
-        after = gr.Plot(show_label=False, elem_id="iv-after")
+    nxt, resid = plot_row("iv-next", "iv-resid")
+    before, after = plot_row("iv-before", "iv-after")
 
     def on_controls(*vals):
         try:

@@ -52,6 +52,14 @@ CLIPPED_JS = """(sel) => {
 }"""
 
 
+def download(page, locator, path):
+    """Click `locator`, save the download it starts at `path`; -> (path, the file name the page suggested)."""
+    with page.expect_download(timeout=60_000) as dl:
+        locator.click()
+    dl.value.save_as(path)
+    return path, dl.value.suggested_filename
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk (no PIL): the signature, then length, 'IHDR', width, height."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"not a PNG: starts with {data[:8]!r}"
@@ -346,7 +354,7 @@ def test_bad_input_shows_a_notice_and_the_page_keeps_working(page, artifacts):
     assert page.evaluate("() => window.__pwned === undefined"), "markup in the prompt ran"
     top_row = page.evaluate("() => [...document.querySelectorAll('#overview-tokens .tokcol > div:first-child .tok')]"
                             ".map(t => t.textContent).join('')")
-    assert top_row.startswith("<imgsrc=x"), top_row  # shown as text (the nano tokenizer drops spaces)
+    assert re.sub("[ \u2423]", "", top_row).startswith("<imgsrc=x"), top_row  # shown as text, not markup
     assert page.locator("#overview-tokens img, #overview-tokens script").count() == 0
     # a Hub model while off-line: a readable notice naming the model and how to get it
     page.locator("#gptoss input").click()
@@ -374,11 +382,8 @@ def test_download_tab_png(page, artifacts):
         .filter(p => p.offsetParent !== null).map(p => p.getBoundingClientRect());
         return [Math.max(...rs.map(r => r.right)) - Math.min(...rs.map(r => r.left)),
                 Math.max(...rs.map(r => r.bottom)) - Math.min(...rs.map(r => r.top))]; }""")
-    with page.expect_download(timeout=60_000) as dl:
-        page.locator("#tab-png").click()
-    path = artifacts / "download-tab-window.png"
-    dl.value.save_as(path)
-    assert dl.value.suggested_filename.endswith(".png")
+    path, name = download(page, page.locator("#tab-png"), artifacts / "download-tab-window.png")
+    assert name.endswith(".png")
     w, h = png_size(path.read_bytes())
     assert abs(w - box[0]) <= 2 and abs(h - box[1]) <= 2, f"PNG is {w}x{h}, the tab's figures {box}"
     assert path.stat().st_size > 20_000, "a PNG of six figures should not be this small"
@@ -391,10 +396,7 @@ def test_download_one_figure_png_from_its_modebar(page, artifacts):
     plot.hover()
     btn = page.locator('#window-pattern .modebar-btn[data-title^="Download plot as a"]')
     btn.wait_for(state="visible", timeout=10_000)
-    with page.expect_download(timeout=60_000) as dl:
-        btn.click()
-    path = artifacts / "download-window-pattern.png"
-    dl.value.save_as(path)
+    path, _ = download(page, btn, artifacts / "download-window-pattern.png")
     w, h = png_size(path.read_bytes())
     assert w > 300 and h > 300, (w, h)
 
@@ -405,10 +407,7 @@ def test_export_html_opens_offline(page, browser, artifacts):
     page.locator("#export").click()
     link = page.locator("#export-file a[download]")
     link.wait_for(state="visible", timeout=60_000)
-    with page.expect_download(timeout=60_000) as dl:
-        link.click()
-    path = artifacts / "export-window.html"
-    dl.value.save_as(path)
+    path, _ = download(page, link, artifacts / "export-window.html")
     html = path.read_text(encoding="utf-8")
     assert html.lstrip().lower().startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert "<h1>gptoss-viz: Sliding window</h1>" in html
