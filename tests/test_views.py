@@ -158,6 +158,8 @@ def test_chat_mode_renders_harmony(nano):
     assert "<|end|>" in tr.tokens
     figs = views.build("overview", tr, run_trace(gpt2, "What is a sink?"), views.Selection())
     assert "tokens" in figs  # chat vs raw text cannot be aligned: shown as two rows instead
+    title = figs["predictions"].layout.title.text  # each model's bars follow its own last token
+    assert f"gpt-oss after \u201c{tr.tokens[-1]}\u201d" in title and "GPT-2 after \u201c?\u201d" in title, title
 
 
 def test_token_text_is_escaped_everywhere(nano):
@@ -169,3 +171,13 @@ def test_token_text_is_escaped_everywhere(nano):
         for name, fig in items.items():
             payload = fig if isinstance(fig, str) else pio.to_json(fig)
             assert "<script" not in payload and "<b>bold" not in payload, f"{tab}/{name} carries raw HTML"
+
+
+def test_token_labels_show_whitespace():
+    from gptoss_viz.figures._base import label
+
+    assert label(" cat") == "\u2423cat"  # a token's leading space is part of it
+    assert label("  ") == "\u2423\u2423"
+    assert label("a b") == "a b"  # inner spaces stay spaces
+    assert label("\n") == "\\n" and label("x\ty") == "x\\ty"
+    assert label("<b>") == "&lt;b&gt;"

@@ -26,6 +26,9 @@ def label(token: str, limit: int = 24) -> str:
     s = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
     if s.strip() == "":
         s = s.replace(" ", "\u2423")  # visible space
+    elif s.startswith(" "):  # a token's leading space (" cat") is part of it: make it visible
+        n = len(s) - len(s.lstrip(" "))
+        s = "\u2423" * n + s[n:]
     if len(s) > limit:
         s = s[: limit - 1] + "\u2026"
     return html.escape(s, quote=False)

@@ -10,8 +10,10 @@ from gptoss_viz.figures._base import GPT2_COLOR, GPTOSS_COLOR, label, style
 
 
 def predictions_figure(gptoss: list[tuple[str, float]] | None, gpt2: list[tuple[str, float]] | None,
-                       after: str) -> go.Figure:
-    """Top-5 next tokens of each model after the prompt, side by side."""
+                       after: str | None, after_gpt2: str | None = None) -> go.Figure:
+    """Top-5 next tokens of each model after the prompt, side by side. `after` / `after_gpt2`: the last token each
+    model read (they differ in chat mode, where gpt-oss reads the rendered conversation, and where the two
+    tokenizers end the text differently); the title names both when they differ."""
     fig = go.Figure()
     for name, preds, color in (("gpt-oss", gptoss, GPTOSS_COLOR), ("GPT-2", gpt2, GPT2_COLOR)):
         if not preds:
@@ -22,7 +24,13 @@ def predictions_figure(gptoss: list[tuple[str, float]] | None, gpt2: list[tuple[
                     hovertemplate="%{y}<br>p = %{x:.3f}<extra></extra>")
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(type="category")  # token labels such as "2" must not be read as numbers
-    return style(fig, f"Next token after \u201c{label(after, 30)}\u201d (top 5)", "probability", "", height=360)
+    ends = [a for a in (after, after_gpt2) if a is not None]
+    if len(set(ends)) <= 1:
+        title = f"Next token after \u201c{label(ends[0], 30)}\u201d (top 5)" if ends else "Next token (top 5)"
+    else:
+        title = (f"Next token (top 5): gpt-oss after \u201c{label(after, 20)}\u201d, GPT-2 after "
+                 f"\u201c{label(after_gpt2, 20)}\u201d")
+    return style(fig, title, "probability", "", height=360)
 
 
 def token_strip_html(tokens: list[str], groups: list[tuple[list[int], list[int]]] | None = None,

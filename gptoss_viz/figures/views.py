@@ -93,9 +93,9 @@ def _overview(oss, gpt2, sel):
         tr = oss or gpt2
         out["tokens"] = f_over.token_strip_html(tr.tokens, names=("gpt-oss" if oss else "GPT-2", ""))
         out["card"] = ""
-    last = (oss or gpt2).tokens[-1]
     out["predictions"] = f_over.predictions_figure(overview.predictions(oss) if oss else None,
-                                                   overview.predictions(gpt2) if gpt2 else None, last)
+                                                   overview.predictions(gpt2) if gpt2 else None,
+                                                   oss.tokens[-1] if oss else None, gpt2.tokens[-1] if gpt2 else None)
     return out
 
 

@@ -54,9 +54,11 @@ class Tokenizer:
         return Encoded(text, list(enc.ids), offsets, self._shown(text, enc.ids, offsets))
 
     def _shown(self, text, ids, offsets) -> list[str]:
-        # The text a token covers; byte pieces of one character share its span, so fall back to decoding.
-        return [text[a:b] if b > a else self._tok.decode([i], skip_special_tokens=False)
-                for i, (a, b) in zip(ids, offsets)]
+        """Each token as its own decoded text, leading space included (byte-level offsets leave the space out of
+        the span: " cat" spans "cat"); a byte piece of a longer character decodes to U+FFFD alone, so those show
+        the character their span covers."""
+        pieces = self._tok.decode_batch([[i] for i in ids], skip_special_tokens=False)
+        return [text[a:b] if "\ufffd" in piece and b > a else piece for piece, (a, b) in zip(pieces, offsets)]
 
     def render_harmony(self, user: str, system: str = DEFAULT_SYSTEM) -> Encoded:
         """`<|start|>system<|message|>{system}<|end|><|start|>user<|message|>{user}<|end|><|start|>assistant`.
