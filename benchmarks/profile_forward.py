@@ -49,7 +49,6 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
-        ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
         kernels = sorted(((e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
                           if e.self_device_time_total > 0), key=lambda x: -x[1])
         busy = sum(k[1] for k in kernels)
@@ -64,7 +63,6 @@ def main() -> None:
                      key=lambda x: -x[1])[:10]
         rec["top_cpu"] = [[name[:90], round(t, 3), n] for name, t, n in cpu]
         print("   host side (self CPU ms):", "; ".join(f"{name[:40]} {t:.1f} x{n}" for name, t, n in cpu))
-        del ev
     args.out.write_text(json.dumps(R, indent=1))
 
 

@@ -190,7 +190,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
 
     def on_pattern(p, hook):  # [H, T, T] -> small reductions, on the device
         i = layer_of(hook)
-        red["first"][i], red["dist"][i] = pattern_map_reductions(p, edges)
+        red["first"][i], red["dist"][i] = pattern_map_reductions(p, edges_dev)
 
     def grab(key, fn=lambda x: x):
         def hook_fn(x, hook):
@@ -209,8 +209,8 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         i = layer_of(hook)
         attn = model.blocks[i].attn
         layer_window = None if attn.window is None else fwd_kwargs.get("window") or attn.window
-        red["first"][i], red["dist"][i] = pattern_reductions(q_now.pop(i), k, attn.sinks, layer_window, edges,
-                                                             use_kernel=attn.use_kernels, edges_dev=edges_dev)
+        red["first"][i], red["dist"][i] = pattern_reductions(q_now.pop(i), k, attn.sinks, layer_window, edges_dev,
+                                                             use_kernel=attn.use_kernels)
 
     def rms(x):  # [T, d] -> [T], root mean square in fp32 (one reduction kernel)
         return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32) * x.shape[-1] ** -0.5
@@ -284,11 +284,11 @@ PATTERN_CHUNK_BYTES = 128 << 20  # fp32 scores of one block of queries in patter
 
 
 def pattern_reductions(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
-                       edges: np.ndarray, use_kernel: bool = True,
-                       edges_dev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       edges, use_kernel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The Trace's pattern statistics of one gpt-oss layer from its rotated q [T, H, D] and k [T, K, D]:
     first_token_mass [H] (mean over queries 1.. of the mass on token 0) and distance_mass [H, B] (mean over
-    queries of the mass in each distance bucket edges[b] <= q - k < edges[b+1]).
+    queries of the mass in each distance bucket edges[b] <= q - k < edges[b+1]; `edges` as numbers or a tensor,
+    best already on q's device).
 
     The pattern comes from attention_with_sinks, the model's own function, one block of queries at a time (only
     the keys the block can see: the window's for sliding layers), so it is never whole in memory: bucket masses
@@ -299,11 +299,11 @@ def pattern_reductions(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, wi
     if use_kernel and _stats_kernel_ok(q):
         from gptoss_viz.runtime.kernels.attention import pattern_stats_fused
 
-        return pattern_stats_fused(q, k, sinks, window, edges if edges_dev is None else edges_dev)
+        return pattern_stats_fused(q, k, sinks, window, edges)
     T, H = q.shape[0], q.shape[1]
     first = torch.zeros(H, device=q.device)
     dist = torch.zeros(H, len(edges) - 1, device=q.device)
-    e = torch.as_tensor(edges, device=q.device) if edges_dev is None else edges_dev  # [B+1]
+    e = torch.as_tensor(edges, device=q.device)  # [B+1]
     chunk = max(16, PATTERN_CHUNK_BYTES // (4 * H * T))
     for a in range(0, T, chunk):
         b = min(T, a + chunk)

@@ -19,7 +19,7 @@ against mxfp4_dequant over every byte and scale of its range (tests/test_kernels
     word, which makes the fp16 number exactly fp4 * 2^-14 for all 16 codes (e = 0 lands on the fp16 subnormal
     0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
     2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240.
-  1: bf16 bit patterns from integer operations (scales 2..252); kept for the sweep, never faster.
+  (1, bf16 bit patterns from integer operations only, was never faster in the sweep and was removed.)
   2 (bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_asm), ~4 instructions a value
     instead of 10-12; 4-23% faster per MoE layer (benchmarks/moe_variants.py). Equal to mxfp4_dequant in fp32
     for scales 1..254 (from 253 on the largest codes overflow to inf in both); scale 0 (2^-127) would decode to 0
@@ -91,9 +91,7 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
                   BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
     """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE.
 
-    DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 1: bf16 bit patterns built with integer
-    operations only, the scale added to the exponent field (exact for scales 2..252; the caller checks).
-    DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90), see _decode_asm; DECODE 3: the same with
+    DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90), see _decode_asm; DECODE 3: the same with
     one multiply (scales 0..128)."""
     rb = tl.arange(0, BK // 2)
     byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
@@ -107,24 +105,11 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
         return tl.join(lo, hi).reshape(BN, BK)
     lo = byte & 15
     hi = byte >> 4
-    if DECODE == 0:
-        scale = ((s + 14) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127) * 2^14
-        lo = (((lo & 7) << 9) | ((lo & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)  # fp4 * 2^-14, exact
-        hi = (((hi & 7) << 9) | ((hi & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
-        lo = (lo.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
-        hi = (hi.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
-    else:
-        # |fp4| codes c = 2..7 (1, 1.5, 2, 3, 4, 6) are bf16 0x3F00 + 64c; times 2^(s-127): + (s - 127) << 7.
-        # c = 1 (0.5) sits 64 below that line and c = 0 is zero.
-        base = ((s - 1) << 7).reshape(BN, BK // 32, 1)
-        lo = lo.reshape(BN, BK // 32, 16)
-        hi = hi.reshape(BN, BK // 32, 16)
-        cl = lo & 7
-        ch = hi & 7
-        vl = tl.where(cl > 1, base + (cl << 6), tl.where(cl == 1, base, 0)) | ((lo & 8) << 12)
-        vh = tl.where(ch > 1, base + (ch << 6), tl.where(ch == 1, base, 0)) | ((hi & 8) << 12)
-        lo = vl.to(tl.int16).to(tl.bfloat16, bitcast=True).reshape(BN, BK // 2)
-        hi = vh.to(tl.int16).to(tl.bfloat16, bitcast=True).reshape(BN, BK // 2)
+    scale = ((s + 14) << 23).to(tl.float32, bitcast=True)  # 2^(s - 127) * 2^14
+    lo = (((lo & 7) << 9) | ((lo & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)  # fp4 * 2^-14, exact
+    hi = (((hi & 7) << 9) | ((hi & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
+    lo = (lo.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
+    hi = (hi.to(tl.float32).reshape(BN, BK // 32, 16) * scale[:, :, None]).reshape(BN, BK // 2).to(DTYPE)
     return tl.join(lo, hi).reshape(BN, BK)  # interleave: column 2b from lo, 2b+1 from hi
 
 
