@@ -251,7 +251,8 @@ def build_app(cfg: AppConfig) -> gr.Blocks:
 
         def on_tab(evt: gr.SelectData, st):
             tab_id = evt.value if isinstance(evt.value, str) and evt.value in SLOTS else None
-            for t, title in {**TAB_TITLES, "census": "Census", "interventions": "Interventions"}.items():  # gr.SelectData carries the tab's title
+            # gr.SelectData carries the tab's title
+            for t, title in {**TAB_TITLES, "census": "Census", "interventions": "Interventions"}.items():
                 if evt.value == title:
                     tab_id = t
             if st and tab_id:

@@ -71,6 +71,13 @@ def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
         tl.store(sp_ptr + b * spb + h * sph + rm, tl.exp2(sink - m_i) / l_i, mask=mask_m)
 
 
+def _check_heads(H: int, K: int, D: int) -> None:
+    if H % K:
+        raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head dim {D} must be a power of two >= 16 for this kernel")
+
+
 def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
                                window: int | None = None, scale: float | None = None, want_sink: bool = False,
                                block_m: int = 64, block_n: int = 64):
@@ -78,10 +85,7 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v)."""
     *lead, T, H, D = q.shape
     K = k.shape[-2]
-    if H % K:
-        raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
-    if D & (D - 1) or D < 16:
-        raise ValueError(f"head dim {D} must be a power of two >= 16 for this kernel")
+    _check_heads(H, K, D)
     scale = D ** -0.5 if scale is None else scale
     q3, k3, v3 = (t.reshape(-1, T, t.shape[-2], D) for t in (q, k, v))  # [B, T, heads, D]
     q3, k3, v3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3))
@@ -167,10 +171,7 @@ def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, w
     edges[b+1]), without ever holding a pattern block. Per-block partial sums are added in a fixed order."""
     T, H, D = q.shape
     K = k.shape[1]
-    if H % K:
-        raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
-    if D & (D - 1) or D < 16:
-        raise ValueError(f"head dim {D} must be a power of two >= 16 for this kernel")
+    _check_heads(H, K, D)
     scale = D ** -0.5 if scale is None else scale
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()

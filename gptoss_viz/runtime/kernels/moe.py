@@ -53,8 +53,7 @@ def _decode_asm(one_multiply: bool) -> str:
     table 0xE4) and one mask keep just those bits. That is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0
     is a bf16 subnormal, which PTX's bf16 multiply keeps). Then either two bf16x2 multiplies, by 2^126 and by
     2^(scale - 127) (bf16 bits scale << 7; exact for scales 1..252, inf for the largest codes from 253 on, as in
-    fp32), or one by 2^(scale - 1) (bf16 bits
-    (scale + 126) << 7, a bf16 number only for scales 0..128)."""
+    fp32), or one by 2^(scale - 1) (bf16 bits (scale + 126) << 7, a bf16 number only for scales 0..128)."""
     lines = [".reg .b32 t01, t23, s01, s23, u, v, m, two126;", "mov.b32 m, 0x01C001C0;", "mov.b32 two126, 0x7E807E80;",
              "prmt.b32 t01, $4, 0, 0x4140;", "prmt.b32 t23, $4, 0, 0x4342;",
              "prmt.b32 s01, $5, 0, 0x4140;", "prmt.b32 s23, $5, 0, 0x4342;"]
@@ -91,8 +90,8 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
                   BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
     """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE.
 
-    DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 2: PTX on pairs of bf16 values (DTYPE must be bf16; sm_90), see _decode_asm; DECODE 3: the same with
-    one multiply (scales 0..128)."""
+    DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 2: PTX on pairs of bf16 values (DTYPE
+    must be bf16; sm_90), see _decode_asm; DECODE 3: the same with one multiply (scales 0..128)."""
     rb = tl.arange(0, BK // 2)
     byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
                    mask=mask_n[:, None], other=0).to(tl.int32)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
@@ -247,7 +246,8 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
 
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
     [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `block_m` and `configs` ((BN, BK, warps,
-    stages) for gate_up and for down) override the tables, for tuning sweeps.
+    stages, SWAP) for gate_up and for down) override the tables, and `decode` (0, 2 or 3, see the module
+    docstring) the default_decode choice, for tuning sweeps and tests.
     """
     N, d = x.shape
     k = idx.shape[-1]
