@@ -109,11 +109,22 @@ MOE_CASES = ([(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2
              if CUDA else [(64, 32, 8, 2, n) for n in (1, 7, 37)])
 
 
-# kernel variants beside the tuned tables: (configs for gate_up and down, decode); see kernels/moe.py
-MOE_VARIANTS = {"default": (None, None), "fp32-decode": (None, 0), "swap": (((64, 64, 4, 3, True),) * 2, 0),
-                "ptx-decode": (((64, 64, 4, 3, False),) * 2, 2), "swap-ptx-decode": (((128, 64, 8, 3, True),) * 2, 2),
-                "ptx-decode-1mul": (((64, 64, 4, 3, False),) * 2, 3),
-                "swap-ptx-decode-1mul": (((128, 64, 8, 3, True),) * 2, 3)}
+# kernel variants beside the tuned tables: (Tiles for gate_up and down, decode); see kernels/moe.py. Tile(bm, bn,
+# bk, warps, stages, swap, nsub); the sub-tile variants give the two kernels different tile heights (two schedules).
+def _tile(*args, **kw):
+    from gptoss_viz.runtime.kernels.moe import Tile
+
+    return Tile(*args, **kw)
+
+
+MOE_VARIANTS = {"default": lambda: (None, None), "fp32-decode": lambda: (None, 0),
+                "swap": lambda: ((_tile(32, 64, 64, 4, 3, True),) * 2, 0),
+                "ptx-decode": lambda: ((_tile(64, 64, 64, 4, 3),) * 2, 2),
+                "swap-ptx-decode": lambda: ((_tile(32, 128, 64, 8, 3, True),) * 2, 2),
+                "ptx-decode-1mul": lambda: ((_tile(64, 64, 64, 4, 3),) * 2, 3),
+                "swap-ptx-decode-1mul": lambda: ((_tile(32, 128, 64, 8, 3, True),) * 2, 3),
+                "subtiles": lambda: ((_tile(16, 64, 64, 4, 3, nsub=3), _tile(32, 64, 64, 4, 3, nsub=2)), None),
+                "subtiles-wide": lambda: ((_tile(64, 128, 64, 8, 3, nsub=3), _tile(16, 64, 64, 4, 3, nsub=2)), None)}
 
 
 @interpretable
@@ -132,7 +143,7 @@ def test_mxfp4_moe_matches_dequantized_matmul(d, I, E, k, N, variant):
     idx = logits.topk(k, -1).indices  # k distinct experts per token
     weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
     ex = moe.experts
-    configs, decode = MOE_VARIANTS[variant]
+    configs, decode = MOE_VARIANTS[variant]()
     if decode and not CUDA:
         pytest.skip("the PTX decodes build bf16 values, which the interpreter can neither hold nor run")
     fast = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
@@ -178,11 +189,13 @@ def test_mxfp4_decode_is_exact(decode, scales):
 
 
 @interpretable
-def test_mxfp4_moe_skewed_routing():
-    """All tokens on a few experts (several tiles for one expert, most experts empty), and every E2M1 code."""
+@pytest.mark.parametrize("variant", ["default", "subtiles", "subtiles-wide"])
+def test_mxfp4_moe_skewed_routing(variant):
+    """All tokens on a few experts (several tiles for one expert, most experts empty, every number of non-empty
+    sub-tiles), and every E2M1 code."""
     from gptoss_viz.runtime.kernels.moe import moe_mxfp4
 
-    d, I, E, k, N = (2880, 2880, 32, 4, 300) if CUDA else (64, 32, 8, 2, 40)
+    d, I, E, k, N = (2880, 2880, 32, 4, 300) if CUDA else (64, 32, 8, 2, 60)
     moe = random_moe(d, I, E, k, seed=7)
     g = torch.Generator(device=DEVICE).manual_seed(7)
     x = (3 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)  # large enough to hit the SwiGLU clamp
@@ -190,11 +203,13 @@ def test_mxfp4_moe_skewed_routing():
     idx[::3] = torch.arange(E - k, E, device=DEVICE)
     weight = torch.full((N, k), 1.0 / k, device=DEVICE, dtype=DTYPE)
     ex = moe.experts
+    configs, decode = MOE_VARIANTS[variant]()
     fast = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                     ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+                     ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                     configs=configs, decode=decode)
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)
-    check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), "MoE, skewed routing")
+    check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), f"MoE {variant}, skewed routing")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -286,10 +301,14 @@ def test_rope_fused_equals_apply_rope_bit_for_bit(T):
     H, K, D = ATTN_SHAPE
     g = torch.Generator(device=DEVICE).manual_seed(T)
     cos, sin = rope_cos_sin(torch.arange(T, device=DEVICE), rope_inv_freq(D, 150000.0), 1.3466)
+    views = {}
     for n in (H, K):
         qkv = torch.randn(T, n + 2, D, generator=g, device=DEVICE).to(DTYPE)
-        x = qkv[:, 1:n + 1]  # a strided view, as the projections' outputs can be
+        x = views[n] = qkv[:, 1:n + 1]  # a strided view, as the projections' outputs can be
         assert torch.equal(rope_fused(x, cos, sin), apply_rope(x, cos, sin)), f"RoPE T={T} heads={n}"
+    q_rot, k_rot = rope_fused(views[H], cos, sin, views[K])  # q and k (different head counts) in one launch
+    assert torch.equal(q_rot, apply_rope(views[H], cos, sin)), f"RoPE pair T={T}: q"
+    assert torch.equal(k_rot, apply_rope(views[K], cos, sin)), f"RoPE pair T={T}: k"
 
 
 @interpretable
@@ -326,8 +345,14 @@ def test_schedule_kernel_equals_torch_schedule(E, k, N, bm):
             idx[: N // 2] = idx[0]  # half the tokens on the same k experts: several tiles for one expert
         a, b = moe_schedule_fused(idx, E, bm), moe_schedule(idx, E, bm)
         assert a.n_tiles == b.n_tiles
-        for name in ("order", "tile_expert", "tile_start", "tile_end"):
+        for name in ("tile_expert", "tile_start", "tile_end"):
             assert torch.equal(getattr(a, name).long(), getattr(b, name).long()), f"{name} differs ({E=} {N=} {skew=})"
+        # order: a permutation that groups the assignments by expert like the reference's (whose stable sort
+        # also orders each group ascending; the kernel's atomics need not)
+        order = a.order.long()
+        assert torch.equal(order.sort().values, torch.arange(N * k, device=DEVICE)), "order is not a permutation"
+        flat = idx.reshape(-1)
+        assert torch.equal(flat[order], flat[b.order]), f"order does not group by expert ({E=} {N=} {skew=})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

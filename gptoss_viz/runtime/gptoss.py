@@ -141,14 +141,15 @@ class Attention(nn.Module):
         q = self.hook_q(self.q_proj(x).view(*lead, T, H, D))  # [T, d] -> [T, H, D]
         k = self.hook_k(self.k_proj(x).view(*lead, T, K, D))  # [T, d] -> [T, K, D]
         v = self.hook_v(self.v_proj(x).view(*lead, T, K, D))
-        if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, in one launch per tensor
+        from_kernel = None
+        if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, one launch for q and k
             from gptoss_viz.runtime.kernels.fused import rope_fused, rope_fused_ok
 
-            rot = rope_fused if rope_fused_ok(q) and rope_fused_ok(k) else apply_rope
-        else:
-            rot = apply_rope
-        q = self.hook_q_rot(rot(q, cos, sin))
-        k = self.hook_k_rot(rot(k, cos, sin))
+            if rope_fused_ok(q) and rope_fused_ok(k):
+                from_kernel = rope_fused(q, cos, sin, k)
+        q_rot, k_rot = from_kernel or (apply_rope(q, cos, sin), apply_rope(k, cos, sin))
+        q = self.hook_q_rot(q_rot)
+        k = self.hook_k_rot(k_rot)
         window = self.window if window is None else window
         if self.fast_path_ok(q):
             from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
@@ -421,7 +422,7 @@ def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise InputError("empty input: the prompt produced no tokens")
     if T > max_len:
         raise InputError(f"sequence of {T} tokens is longer than the model's {max_len} positions")
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = (int(v) for v in torch.aminmax(ids))  # one reduction, one wait on the device
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise InputError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")

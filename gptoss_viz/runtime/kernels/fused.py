@@ -8,8 +8,9 @@ of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of th
   `x + attn(...)`, rounded to the activation dtype as the reference's bf16 add rounds it) and returning the sum.
 - `rope_fused`: rope.apply_rope with the reference's roundings reproduced step by step (cos/sin cast to the
   activation dtype, each product and the difference rounded), so it equals the reference bit for bit.
-- `moe_schedule_fused`: schedule.moe_schedule's tile arrays (expert histogram, prefix sums, tile -> expert) in one
-  single-program kernel; the stable argsort stays torch's.
+- `moe_schedule_fused`: schedule.moe_schedule's tile arrays (expert histogram, prefix sums, tile -> expert) and
+  the rows grouped by expert (a counting sort with atomics, in place of torch's argsort) in one single-program
+  kernel.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: 
 
 
 @triton.jit
-def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, n_heads, stride_xt, stride_xh, stride_c,
-                 HALF: tl.constexpr, BH: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
+def _rope_rows(x_ptr, cos_ptr, sin_ptr, out_ptr, t, n_heads, stride_xt, stride_xh, stride_c,
+               HALF: tl.constexpr, BH: tl.constexpr):
+    """Token t of x [T, heads, 2 * HALF], rotated, into out (contiguous)."""
     rh = tl.arange(0, BH)
     ri = tl.arange(0, HALF)
     mask = (rh < n_heads)[:, None]
@@ -95,17 +96,38 @@ def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, n_heads, stride_xt, stride_xh
     tl.store(ob + HALF, o2, mask=mask)
 
 
-def rope_fused(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """apply_rope(x, cos, sin) for x [T, heads, D] (half precision; D/2 a power of two): a new contiguous tensor."""
-    T, n_heads, D = x.shape
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out, k_out, q_heads, k_heads, stride_qt, stride_qh,
+                 stride_kt, stride_kh, stride_c, HALF: tl.constexpr, BH: tl.constexpr):
+    """Program (t, 0) rotates token t of q, program (t, 1) token t of k (when k is given: k_heads > 0)."""
+    t = tl.program_id(0).to(tl.int64)
+    if tl.program_id(1) == 0:
+        _rope_rows(q_ptr, cos_ptr, sin_ptr, q_out, t, q_heads, stride_qt, stride_qh, stride_c, HALF, BH)
+    else:
+        _rope_rows(k_ptr, cos_ptr, sin_ptr, k_out, t, k_heads, stride_kt, stride_kh, stride_c, HALF, BH)
+
+
+def rope_fused(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """apply_rope(q, cos, sin) for q [T, heads, D] (half precision; D/2 a power of two): a new contiguous tensor.
+    With k [T, heads_k, D] as well, (apply_rope(q, ...), apply_rope(k, ...)) from one launch."""
+    T, q_heads, D = q.shape
+    q = q if q.stride(-1) == 1 else q.contiguous()
     cos = cos if cos.stride(-1) == 1 else cos.contiguous()
     sin = sin if sin.stride(-1) == 1 else sin.contiguous()
-    out = torch.empty(T, n_heads, D, device=x.device, dtype=x.dtype)
-    _rope_kernel[(T,)](x, cos, sin, out, n_heads, x.stride(0), x.stride(1), cos.stride(0),
-                       HALF=D // 2, BH=triton.next_power_of_2(n_heads), num_warps=4)
-    return out
+    q_out = torch.empty(T, q_heads, D, device=q.device, dtype=q.dtype)
+    if k is None:
+        k_src, k_out, k_heads, n = q, q_out, 0, 1
+    else:
+        if k.shape[0] != T or k.shape[2] != D or k.dtype != q.dtype:
+            raise ValueError(f"rope_fused: k {tuple(k.shape)} {k.dtype} does not match q {tuple(q.shape)} {q.dtype}")
+        k_src = k if k.stride(-1) == 1 else k.contiguous()
+        k_heads = k.shape[1]
+        k_out, n = torch.empty(T, k_heads, D, device=q.device, dtype=q.dtype), 2
+    _rope_kernel[(T, n)](q, k_src, cos, sin, q_out, k_out, q_heads, k_heads, q.stride(0), q.stride(1),
+                         k_src.stride(0), k_src.stride(1), cos.stride(0),
+                         HALF=D // 2, BH=triton.next_power_of_2(max(q_heads, k_heads)), num_warps=4)
+    return q_out if k is None else (q_out, k_out)
 
 
 def rope_fused_ok(x: torch.Tensor) -> bool:
@@ -114,7 +136,7 @@ def rope_fused_ok(x: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _schedule_kernel(idx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, E, n_tiles,
+def _schedule_kernel(idx_ptr, order_ptr, cursor_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, E, n_tiles,
                      BLOCK_M: tl.constexpr, EP: tl.constexpr, CHUNK: tl.constexpr, TB: tl.constexpr):
     re = tl.arange(0, EP)
     counts = tl.zeros([EP], dtype=tl.int32)
@@ -125,6 +147,17 @@ def _schedule_kernel(idx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, 
     counts = tl.where(re < E, counts, 0)
     ends = tl.cumsum(counts, 0)  # [EP] end row of each expert's group
     starts = ends - counts
+    # order: each assignment takes the next free row of its expert's group (a counting sort). Rows within a group
+    # come out in whatever order the atomics serve them; nothing downstream depends on it (every row's dots are
+    # its own, and each token's k outputs are summed by slot), so the MoE output stays deterministic.
+    tl.store(cursor_ptr + re, starts)
+    tl.debug_barrier()  # the cursors are in place for every thread of the program before the first atomic
+    for a0 in range(0, A, CHUNK):
+        ra = a0 + tl.arange(0, CHUNK)
+        m = ra < A
+        v = tl.load(idx_ptr + ra, mask=m, other=0).to(tl.int32)
+        row = tl.atomic_add(cursor_ptr + v, 1, mask=m)
+        tl.store(order_ptr + row, ra, mask=m)
     tiles = (counts + BLOCK_M - 1) // BLOCK_M
     tile_ends = tl.cumsum(tiles, 0)
     tile_begins = tile_ends - tiles
@@ -145,12 +178,15 @@ def _schedule_kernel(idx_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, 
 
 
 def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule:
-    """schedule.moe_schedule(idx, n_experts, block_m), the same arrays, from one kernel plus torch's argsort."""
+    """schedule.moe_schedule(idx, n_experts, block_m) in one launch: the same tile arrays, and an `order` (int32)
+    that groups the assignments by expert as the reference's does, though not necessarily in ascending order
+    within a group (see _schedule_kernel)."""
     flat = idx.reshape(-1)
     A = flat.numel()
-    order = torch.argsort(flat, stable=True)
     n = max_tiles(A, n_experts, block_m)
-    out = torch.empty(3, n, device=idx.device, dtype=torch.int32)
-    _schedule_kernel[(1,)](flat, out[0], out[1], out[2], A, n_experts, n, BLOCK_M=block_m,
-                           EP=triton.next_power_of_2(n_experts + 1), CHUNK=1024, TB=64, num_warps=4)
-    return MoeSchedule(order=order, tile_expert=out[0], tile_start=out[1], tile_end=out[2], n_tiles=n)
+    EP = triton.next_power_of_2(n_experts + 1)
+    buf = torch.empty(3 * n + A + EP, device=idx.device, dtype=torch.int32)  # tiles, order, cursors: one alloc
+    tiles, order, cursor = buf[:3 * n].view(3, n), buf[3 * n:3 * n + A], buf[3 * n + A:]
+    _schedule_kernel[(1,)](flat, order, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, BLOCK_M=block_m,
+                           EP=EP, CHUNK=1024, TB=64, num_warps=16)  # 16: more atomics in flight
+    return MoeSchedule(order=order, tile_expert=tiles[0], tile_start=tiles[1], tile_end=tiles[2], n_tiles=n)

@@ -3,15 +3,16 @@
 Computes exactly what gptoss.MoE.combine computes (SPEC.md, "Expert"): for each token t and each of its k chosen
 experts e, y_e = W2_e swiglu_clamped(W1_e x_t + b1_e) + b2_e, and out_t = sum_j weight[t, j] y_{idx[t, j]}.
 
-How: the (token, slot) assignments are sorted by expert (fused.moe_schedule_fused, the same arrays as
-schedule.moe_schedule in one launch); each program of a kernel takes
-BM consecutive rows of one expert and BN output columns, and walks the input dimension BK values at a time,
-decoding that slice of the expert's packed weights (uint8 blocks + E8M0 scales, the checkpoint's own layout) to
-the activation dtype in registers before the tensor-core dot. Accumulation is fp32.
+How: the (token, slot) assignments are grouped by expert (fused.moe_schedule_fused, the same groups and tiles as
+schedule.moe_schedule in one launch); each program of a kernel takes NSUB sub-tiles of BM consecutive rows of one
+expert (a Tile) and BN output columns, and walks the input dimension BK values at a time, decoding that slice of
+the expert's packed weights (uint8 blocks + E8M0 scales, the checkpoint's own layout) to the activation dtype in
+registers once for all its sub-tiles before the tensor-core dots. Accumulation is fp32.
   1. gate_up: rows are gathered from x by token; + bias, then the clamped SwiGLU on the interleaved gate/up
      columns (2j = gate_j, 2j+1 = up_j) before anything is written: out [A, I].
   2. down: + bias, times the routing weight, written in fp32 to the assignment's own row (t * k + j), so the
-     k contributions of a token are summed afterwards in a fixed order (deterministic, no atomics).
+     k contributions of a token are summed afterwards in a fixed order (deterministic, no atomics), by
+  3. _sum_slots_kernel, which rounds the sum once to the activation dtype.
 
 MXFP4 decoding (OCP Microscaling spec v1.0; mxfp4.py is the reference), three variants, each tested bit for bit
 against mxfp4_dequant over every byte and scale of its range (tests/test_kernels_gpu.py):
@@ -27,7 +28,8 @@ against mxfp4_dequant over every byte and scale of its range (tests/test_kernels
   3: variant 2 with one multiply, ~3.5 instructions a value, exact for scales 0..128 (weights below
     12 in magnitude: any trained checkpoint). On one 20b layer it was 23% faster to 20% slower than variant 2
     depending on the tile, on a machine whose timings drifted by up to 2x within the run (benchmarks/RESULTS.md),
-    so it is not the default; it stays in the sweep and the tests.
+    and again -15% to +6% in a later sweep (results/moe_variants_occupancy.json), so it is not the default; it
+    stays in the sweep and the tests.
 Trained checkpoints sit near scale 127, and 255 (NaN) is rejected at load.
 
 Letters: N tokens, d hidden, I expert width, E experts, k experts per token, A = N * k assignments.
@@ -36,6 +38,7 @@ Letters: N tokens, d hidden, I expert width, E experts, k experts per token, A =
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -86,18 +89,24 @@ def _decode_bf16x2(byte, scale, ONE_MULTIPLY: tl.constexpr):
 
 
 @triton.jit
-def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
-                  BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
-    """Weight rows rn, input columns k0 .. k0+BK of one expert, decoded: [BN, BK] in DTYPE.
+def _load_scales(scl_ptr, rn, mask_n, k0, stride_sn, BN: tl.constexpr, BK: tl.constexpr):
+    """E8M0 exponents of weight rows rn for input columns k0 .. k0+BK: [BN, BK/32] int32 (127 where masked)."""
+    rs = tl.arange(0, BK // 32)
+    return tl.load(scl_ptr + rn[:, None] * stride_sn + (k0 // 32 + rs)[None, :],
+                   mask=mask_n[:, None], other=127).to(tl.int32)
+
+
+@triton.jit
+def _decode_tile(blk_ptr, s, rn, mask_n, k0, stride_bn,
+                 BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
+    """Weight rows rn, input columns k0 .. k0+BK of one expert, with their scales s (_load_scales), decoded:
+    [BN, BK] in DTYPE.
 
     DECODE 0: through fp16 and fp32 (exact for scales 1..240). DECODE 2: PTX on pairs of bf16 values (DTYPE
     must be bf16; sm_90), see _decode_asm; DECODE 3: the same with one multiply (scales 0..128)."""
     rb = tl.arange(0, BK // 2)
     byte = tl.load(blk_ptr + rn[:, None] * stride_bn + (k0 // 2 + rb)[None, :],
                    mask=mask_n[:, None], other=0).to(tl.int32)  # [BN, BK/2]: element 2b low nibble, 2b+1 high
-    rs = tl.arange(0, BK // 32)
-    s = tl.load(scl_ptr + rn[:, None] * stride_sn + (k0 // 32 + rs)[None, :],
-                mask=mask_n[:, None], other=127).to(tl.int32)  # [BN, BK/32] E8M0 exponents
     if DECODE >= 2:
         s8 = tl.broadcast_to(s.to(tl.uint8).reshape(BN, BK // 32, 1), (BN, BK // 32, 16)).reshape(BN, BK // 2)
         lo, hi = _decode_bf16x2(byte.to(tl.uint8), s8, DECODE == 3)
@@ -113,51 +122,80 @@ def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
 
 
 @triton.jit
-def _rows_times_expert(a_ptr, rows, stride_am, mask_m, blk, scl, rn, mask_n, K, stride_bn, stride_sn,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr,
-                       DECODE: tl.constexpr):
-    """Rows `rows` of a [*, K] times the expert's decoded weight rows rn, transposed: [BM, BN] fp32.
-    SWAP computes it as (W a^T)^T: the decoded weights are then the register operand of the dot and the tokens
-    its narrow side, which suits short tiles."""
-    rk = tl.arange(0, BK)
-    if SWAP:
-        acc = tl.zeros((BN, BM), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            at = tl.load(a_ptr + rows[None, :] * stride_am + (k0 + rk)[:, None], mask=mask_m[None, :], other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, at.dtype, DECODE)
-            acc = tl.dot(w, at, acc)  # [BN, BM]
-        acc = tl.trans(acc)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            a = tl.load(a_ptr + rows[:, None] * stride_am + (k0 + rk)[None, :], mask=mask_m[:, None], other=0.0)
-            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, a.dtype, DECODE)
-            acc = tl.dot(a, tl.trans(w), acc)  # [BM, BN]
-    return acc
+def _dequant_tile(blk_ptr, scl_ptr, rn, mask_n, k0, stride_bn, stride_sn,
+                  BN: tl.constexpr, BK: tl.constexpr, DTYPE: tl.constexpr, DECODE: tl.constexpr):
+    """_decode_tile with its own scale load: [BN, BK] in DTYPE."""
+    s = _load_scales(scl_ptr, rn, mask_n, k0, stride_sn, BN, BK)
+    return _decode_tile(blk_ptr, s, rn, mask_n, k0, stride_bn, BN, BK, DTYPE, DECODE)
 
 
 @triton.jit
-def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
-                           tile_expert_ptr, tile_start_ptr, tile_end_ptr,
-                           K, N, stride_xm, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
-                           limit, alpha,
-                           TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                           SWAP: tl.constexpr, DECODE: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    start = tl.load(tile_start_ptr + pid_m)
-    end = tl.load(tile_end_ptr + pid_m)
-    if start >= end:  # a spare tile of the static grid
-        return
-    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
-    rm = start + tl.arange(0, BM)  # grouped rows
-    mask_m = rm < end
-    tok = (tl.load(order_ptr + rm, mask=mask_m, other=0) // TOP_K).to(tl.int64)  # token of each row
-    rn = pid_n * BN + tl.arange(0, BN)  # gate_up output rows (interleaved gate/up)
-    mask_n = rn < N
-    acc = _rows_times_expert(x_ptr, tok, stride_xm, mask_m, blk_ptr + e * stride_be, scl_ptr + e * stride_se, rn,
-                             mask_n, K, stride_bn, stride_sn, BM, BN, BK, SWAP, DECODE)  # [BM, BN] fp32
-    h = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+def _k_loop(a_ptr, r0, r1, r2, m0, m1, m2, stride_am, blk, scl, rn, mask_n, K, stride_bn, stride_sn,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, NS: tl.constexpr, DECODE: tl.constexpr):
+    """The K loop of _rows_times_expert (not SWAP) for NS sub-tiles: one decoded weight slice a step, NS dots."""
+    rk = tl.arange(0, BK)
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    s_next = _load_scales(scl, rn, mask_n, 0, stride_sn, BN, BK)
+    for k0 in range(0, K, BK):
+        a = tl.load(a_ptr + r0[:, None] * stride_am + (k0 + rk)[None, :], mask=m0[:, None], other=0.0)
+        # this step's scales were loaded a step ahead: too narrow (2-4 bytes a row) for the asynchronous copies
+        # that bring the bytes and activations, a load in the step itself would wait on memory (5-10% per kernel)
+        s = s_next
+        s_next = _load_scales(scl, rn, mask_n & (rn * 0 + k0 + BK < K), k0 + BK, stride_sn, BN, BK)
+        wt = tl.trans(_decode_tile(blk, s, rn, mask_n, k0, stride_bn, BN, BK, a.dtype, DECODE))
+        acc0 = tl.dot(a, wt, acc0)  # [BM, BN]
+        if NS >= 2:
+            a = tl.load(a_ptr + r1[:, None] * stride_am + (k0 + rk)[None, :], mask=m1[:, None], other=0.0)
+            acc1 = tl.dot(a, wt, acc1)
+        if NS >= 3:
+            a = tl.load(a_ptr + r2[:, None] * stride_am + (k0 + rk)[None, :], mask=m2[:, None], other=0.0)
+            acc2 = tl.dot(a, wt, acc2)
+    return acc0, acc1, acc2
+
+
+@triton.jit
+def _rows_times_expert(a_ptr, r0, r1, r2, m0, m1, m2, n_sub, stride_am, blk, scl, rn, mask_n, K, stride_bn,
+                       stride_sn, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, NSUB: tl.constexpr,
+                       SWAP: tl.constexpr, DECODE: tl.constexpr):
+    """Rows r0 (and r1, r2: NSUB sub-tiles of BM rows, masks m0..m2, n_sub of them non-empty) of a [*, K] times
+    the expert's decoded weight rows rn, transposed: three accumulators [BM, BN] fp32 (unused ones zero).
+
+    The sub-tiles share each decoded weight slice: a tile of NSUB * BM rows decodes the expert's weights once,
+    where NSUB tiles of BM rows would decode them NSUB times. The K loop is compiled once per number of non-empty
+    sub-tiles and chosen per program, so a short expert pays no tensor-core work for empty sub-tiles (a branch
+    around the dot inside the loop would stop the compiler from pipelining the loads).
+    SWAP (NSUB 1 only) computes it as (W a^T)^T: the decoded weights are then the register operand of the dot
+    and the tokens its narrow side, which suits short tiles."""
+    if SWAP:
+        tl.static_assert(NSUB == 1, "SWAP tiles have one sub-tile")
+        rk = tl.arange(0, BK)
+        acct = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            at = tl.load(a_ptr + r0[None, :] * stride_am + (k0 + rk)[:, None], mask=m0[None, :], other=0.0)
+            w = _dequant_tile(blk, scl, rn, mask_n, k0, stride_bn, stride_sn, BN, BK, at.dtype, DECODE)
+            acct = tl.dot(w, at, acct)  # [BN, BM]
+        acc0 = tl.trans(acct)
+        acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+        acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    elif NSUB == 1 or n_sub == 1:
+        acc0, acc1, acc2 = _k_loop(a_ptr, r0, r1, r2, m0, m1, m2, stride_am, blk, scl, rn, mask_n, K, stride_bn,
+                                   stride_sn, BM, BN, BK, 1, DECODE)
+    elif NSUB == 2 or n_sub == 2:
+        acc0, acc1, acc2 = _k_loop(a_ptr, r0, r1, r2, m0, m1, m2, stride_am, blk, scl, rn, mask_n, K, stride_bn,
+                                   stride_sn, BM, BN, BK, 2, DECODE)
+    else:
+        acc0, acc1, acc2 = _k_loop(a_ptr, r0, r1, r2, m0, m1, m2, stride_am, blk, scl, rn, mask_n, K, stride_bn,
+                                   stride_sn, BM, BN, BK, 3, DECODE)
+    return acc0, acc1, acc2
+
+
+@triton.jit
+def _swiglu_store(acc, rm, mask_m, bias, rn, mask_n, out_ptr, stride_om, N, pid_n, limit, alpha,
+                  BM: tl.constexpr, BN: tl.constexpr):
+    """+ bias, the clamped SwiGLU on the interleaved gate/up columns, stored to rows rm of out [A, N/2]."""
+    h = acc + bias[None, :]
     gate, up = tl.split(h.reshape(BM, BN // 2, 2))  # [BM, BN/2] each
     gate = tl.minimum(gate, limit)  # clamped above only
     up = tl.minimum(tl.maximum(up, -limit), limit)
@@ -168,10 +206,55 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
 
 
 @triton.jit
+def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
+                           tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                           K, N, stride_xm, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
+                           limit, alpha,
+                           TOP_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           NSUB: tl.constexpr, SWAP: tl.constexpr, DECODE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(tile_start_ptr + pid_m)
+    end = tl.load(tile_end_ptr + pid_m)
+    if start >= end:  # a spare tile of the static grid
+        return
+    e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
+    n_sub = tl.cdiv(end - start, BM)  # non-empty sub-tiles (>= NSUB when the expert's rows go on)
+    rm0 = start + tl.arange(0, BM)  # grouped rows of each sub-tile
+    rm1 = rm0 + BM
+    rm2 = rm1 + BM
+    m0 = rm0 < end
+    m1 = rm1 < end  # (used only when NSUB >= 2)
+    m2 = rm2 < end
+    tok0 = (tl.load(order_ptr + rm0, mask=m0, other=0) // TOP_K).to(tl.int64)  # token of each row
+    tok1 = (tl.load(order_ptr + rm1, mask=m1, other=0) // TOP_K).to(tl.int64)
+    tok2 = (tl.load(order_ptr + rm2, mask=m2, other=0) // TOP_K).to(tl.int64)
+    rn = pid_n * BN + tl.arange(0, BN)  # gate_up output rows (interleaved gate/up)
+    mask_n = rn < N
+    acc0, acc1, acc2 = _rows_times_expert(x_ptr, tok0, tok1, tok2, m0, m1, m2, n_sub, stride_xm,
+                                          blk_ptr + e * stride_be, scl_ptr + e * stride_se, rn, mask_n, K,
+                                          stride_bn, stride_sn, BM, BN, BK, NSUB, SWAP, DECODE)
+    bias = tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)
+    _swiglu_store(acc0, rm0, m0, bias, rn, mask_n, out_ptr, stride_om, N, pid_n, limit, alpha, BM, BN)
+    if NSUB >= 2:
+        _swiglu_store(acc1, rm1, m1, bias, rn, mask_n, out_ptr, stride_om, N, pid_n, limit, alpha, BM, BN)
+    if NSUB >= 3:
+        _swiglu_store(acc2, rm2, m2, bias, rn, mask_n, out_ptr, stride_om, N, pid_n, limit, alpha, BM, BN)
+
+
+@triton.jit
+def _weighted_store(acc, rm, mask_m, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym):
+    """+ bias, times each row's routing weight, stored in fp32 to the row's assignment t * k + j of y."""
+    dest = tl.load(order_ptr + rm, mask=mask_m, other=0).to(tl.int64)  # assignment id t * k + j of each row
+    y = (acc + bias[None, :]) * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+    tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
 def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_ptr,
                  tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                  K, N, stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_ym,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWAP: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, NSUB: tl.constexpr, SWAP: tl.constexpr,
                  DECODE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -180,38 +263,71 @@ def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_pt
     if start >= end:
         return
     e = tl.load(tile_expert_ptr + pid_m).to(tl.int64)
-    rm = start + tl.arange(0, BM)
-    mask_m = rm < end
-    dest = tl.load(order_ptr + rm, mask=mask_m, other=0).to(tl.int64)  # assignment id t * k + j of each row
+    n_sub = tl.cdiv(end - start, BM)
+    rm0 = start + tl.arange(0, BM)
+    rm1 = rm0 + BM
+    rm2 = rm1 + BM
+    m0 = rm0 < end
+    m1 = rm1 < end  # (used only when NSUB >= 2)
+    m2 = rm2 < end
     rn = pid_n * BN + tl.arange(0, BN)
     mask_n = rn < N
-    acc = _rows_times_expert(a_ptr, rm.to(tl.int64), stride_am, mask_m, blk_ptr + e * stride_be,
-                             scl_ptr + e * stride_se, rn, mask_n, K, stride_bn, stride_sn, BM, BN, BK, SWAP, DECODE)
-    y = acc + tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y = y * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
-    tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+    acc0, acc1, acc2 = _rows_times_expert(a_ptr, rm0.to(tl.int64), rm1.to(tl.int64), rm2.to(tl.int64), m0, m1, m2,
+                                          n_sub, stride_am, blk_ptr + e * stride_be, scl_ptr + e * stride_se, rn,
+                                          mask_n, K, stride_bn, stride_sn, BM, BN, BK, NSUB, SWAP, DECODE)
+    bias = tl.load(bias_ptr + e * stride_biase + rn, mask=mask_n, other=0.0).to(tl.float32)
+    _weighted_store(acc0, rm0, m0, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym)
+    if NSUB >= 2:
+        _weighted_store(acc1, rm1, m1, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym)
+    if NSUB >= 3:
+        _weighted_store(acc2, rm2, m2, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym)
 
 
-def _block_m(rows_per_expert: float) -> int:
-    """Rows per tile from the mean rows per expert. Every tile decodes its expert's whole weight slice again, so
-    the tile should hold all of a typical expert's rows: rows per expert scatter around the mean (random routing
-    of 1024 tokens to 32 experts gives 128 +- 11), and a tile sized at the mean would need two tiles for half the
-    experts. Hence the smallest tile >= 1.25 x the mean, up to 128 (the largest without register spills)."""
-    for bm in (16, 32, 64):
-        if 1.25 * rows_per_expert <= bm:
-            return bm
-    return 128
+@triton.jit
+def _sum_slots_kernel(y_ptr, out_ptr, d, TOP_K: tl.constexpr, BD: tl.constexpr):
+    """out[t] = y[t * k] + y[t * k + 1] + ... (fp32, in slot order), in out's dtype: one token per program row."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
+    m = cols < d
+    acc = tl.load(y_ptr + t * TOP_K * d + cols, mask=m, other=0.0)
+    for j in tl.static_range(1, TOP_K):
+        acc += tl.load(y_ptr + (t * TOP_K + j) * d + cols, mask=m, other=0.0)
+    tl.store(out_ptr + t * d + cols, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-# (BN, BK, num_warps, num_stages, SWAP) per kernel and rows per tile BM, with the bf16x2 decode: the fastest of a
-# sweep on one gpt-oss-20b layer on an H200 (benchmarks/moe_variants.py, 2026-11-28; results/moe_variants.json).
-# SWAP (weights as the register operand, tokens the narrow side of the dot) wins for the short tiles of small
-# prompts; for BM = 128 the earlier table stayed (best at 1024 tokens; (64, 64, 4, 3) was ~10% faster at 2048 and
-# 4096, within the run-to-run spread of ~10%).
-GATE_UP_CONFIGS = {16: (64, 64, 4, 3, True), 32: (128, 128, 8, 3, True), 64: (64, 128, 4, 3, False),
-                   128: (128, 64, 8, 4, False)}
-DOWN_CONFIGS = {16: (64, 64, 4, 3, True), 32: (128, 128, 8, 3, True), 64: (64, 128, 4, 3, False),
-                128: (64, 64, 8, 3, False)}
+def _tile_class(rows_per_expert: float) -> int:
+    """The tables' key from the mean rows per expert: the smallest of 16, 32, 64, 128 rows >= 1.25 x the mean, else
+    256. Every tile decodes its expert's whole weight slice again, so a tile should hold all of a typical expert's
+    rows: rows per expert scatter around the mean (random routing of 1024 tokens to 32 experts gives 128 +- 11), and
+    a tile sized at the mean would need two tiles for half the experts."""
+    for c in (16, 32, 64, 128):
+        if 1.25 * rows_per_expert <= c:
+            return c
+    return 256
+
+
+class Tile(NamedTuple):
+    """One kernel's launch shape: a program takes NSUB sub-tiles of BM consecutive rows of one expert (decoding
+    the weights once for all of them) and BN output columns, walking the input BK values at a time."""
+    bm: int
+    bn: int
+    bk: int
+    warps: int
+    stages: int
+    swap: bool = False  # the decoded weights as the register operand of the dot, tokens its narrow side
+    nsub: int = 1  # 1..3 (SWAP: 1)
+
+
+# Per kernel and tile class (_tile_class of the mean rows per expert), with the bf16x2 decode: the fastest of
+# sweeps on one gpt-oss-20b layer on an H200 (benchmarks/moe_variants.py, 2026-11-28; results/moe_variants*.json),
+# where timings of one tile move by up to ~10% between passes. SWAP (weights as the register operand, tokens the
+# narrow side of the dot) wins for the short tiles of small prompts; two sub-tiles of 64 rows per program for
+# ~400-800 tokens (20-25% faster than one 128-row tile at 512 tokens); one warp group per 128-row tile from
+# ~800 tokens on (~5% faster than two at 1024 and 2048 tokens: fewer warps wait at each barrier).
+GATE_UP_CONFIGS = {16: Tile(16, 64, 64, 4, 3, True), 32: Tile(32, 128, 128, 8, 3, True),
+                   64: Tile(64, 64, 128, 4, 3), 128: Tile(64, 64, 64, 4, 3, nsub=2), 256: Tile(128, 128, 64, 4, 3)}
+DOWN_CONFIGS = {16: Tile(16, 64, 64, 4, 3, True), 32: Tile(32, 128, 128, 8, 3, True),
+                64: Tile(64, 64, 128, 4, 3), 128: Tile(64, 64, 64, 4, 3, nsub=2), 256: Tile(128, 64, 64, 4, 3)}
 
 
 def default_decode(x: torch.Tensor) -> int:
@@ -240,14 +356,14 @@ def _fit(bn: int, bk: int, n: int, k: int) -> tuple[int, int]:
 def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
-              limit: float, alpha: float, block_m: int | None = None,
-              configs: tuple[tuple, tuple] | None = None, decode: int | None = None) -> torch.Tensor:
+              limit: float, alpha: float, configs: tuple[Tile, Tile] | None = None,
+              decode: int | None = None) -> torch.Tensor:
     """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype.
 
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
-    [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `block_m` and `configs` ((BN, BK, warps,
-    stages, SWAP) for gate_up and for down) override the tables, and `decode` (0, 2 or 3, see the module
-    docstring) the default_decode choice, for tuning sweeps and tests.
+    [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `configs` (a Tile for gate_up and one for down)
+    overrides the tables, and `decode` (0, 2 or 3, see the module docstring) the default_decode choice, for
+    tuning sweeps and tests.
     """
     N, d = x.shape
     k = idx.shape[-1]
@@ -263,31 +379,47 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         decode = default_decode(x)
     if decode >= 2 and x.dtype != torch.bfloat16:
         raise ValueError(f"decode {decode} builds bf16 values: it needs bf16 activations")
-    bm = block_m or _block_m(A / E)
-    sched = moe_schedule_fused(idx, E, bm)
-    order = sched.order.to(torch.int32)
+    if configs is None:
+        cls = _tile_class(A / E)
+        configs = (GATE_UP_CONFIGS[cls], DOWN_CONFIGS[cls])
+    t1, t2 = (Tile(*c) for c in configs)
+    for t in (t1, t2):
+        if not 1 <= t.nsub <= 3 or (t.swap and t.nsub != 1):
+            raise ValueError(f"{t}: nsub must be 1..3, and 1 with swap")
+    schedules = {}  # tile height -> schedule; the order of the rows is the same for every height
+
+    def schedule(t: Tile):
+        h = t.bm * t.nsub
+        if h not in schedules:
+            schedules[h] = moe_schedule_fused(idx, E, h)
+        return schedules[h]
 
     # 1. gate_up + bias + clamped SwiGLU: act [A, I], rows in expert-grouped order
+    s1 = schedule(t1)
+    order = s1.order  # int32; the down kernel takes it with its own tiles (the groups' row ranges are the same)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    (bn1, bk1, w1, st1, sw1), (bn2, bk2, w2, st2, sw2) = configs or (GATE_UP_CONFIGS[bm], DOWN_CONFIGS[bm])
-    bn1, bk1 = _fit(bn1, bk1, two_i, d)
-    bn2, bk2 = _fit(bn2, bk2, d, I)
-    grid1 = (sched.n_tiles, triton.cdiv(two_i, bn1))
-    _gate_up_swiglu_kernel[grid1](
+    bn1, bk1 = _fit(t1.bn, t1.bk, two_i, d)
+    _gate_up_swiglu_kernel[(s1.n_tiles, triton.cdiv(two_i, bn1))](
         x, order, gate_up_blocks, gate_up_scales, gate_up_bias, act,
-        sched.tile_expert, sched.tile_start, sched.tile_end,
+        s1.tile_expert, s1.tile_start, s1.tile_end,
         d, two_i, x.stride(0), gate_up_blocks.stride(0), d // 2, gate_up_scales.stride(0), d // 32,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        TOP_K=k, BM=bm, BN=bn1, BK=bk1, SWAP=sw1, DECODE=decode, num_warps=w1, num_stages=st1)
+        TOP_K=k, BM=t1.bm, BN=bn1, BK=bk1, NSUB=t1.nsub, SWAP=t1.swap, DECODE=decode,
+        num_warps=t1.warps, num_stages=t1.stages)
 
     # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d] (fp32)
+    s2 = schedule(t2)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
-    grid2 = (sched.n_tiles, triton.cdiv(d, bn2))
+    bn2, bk2 = _fit(t2.bn, t2.bk, d, I)
     route_w = weight.reshape(-1).contiguous()
-    _down_kernel[grid2](
+    _down_kernel[(s2.n_tiles, triton.cdiv(d, bn2))](
         act, order, route_w, down_blocks, down_scales, down_bias, y,
-        sched.tile_expert, sched.tile_start, sched.tile_end,
+        s2.tile_expert, s2.tile_start, s2.tile_end,
         I, d, act.stride(0), down_blocks.stride(0), I // 2, down_scales.stride(0), I // 32,
         down_bias.stride(0), y.stride(0),
-        BM=bm, BN=bn2, BK=bk2, SWAP=sw2, DECODE=decode, num_warps=w2, num_stages=st2)
-    return y.view(N, k, d).sum(1).to(x.dtype)  # each token's k weighted expert outputs, summed in fp32
+        BM=t2.bm, BN=bn2, BK=bk2, NSUB=t2.nsub, SWAP=t2.swap, DECODE=decode,
+        num_warps=t2.warps, num_stages=t2.stages)
+    # 3. each token's k weighted expert outputs, summed in fp32 in slot order, rounded once to x's dtype
+    out = torch.empty(N, d, device=x.device, dtype=x.dtype)
+    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
+    return out
