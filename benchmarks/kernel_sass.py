@@ -31,10 +31,17 @@ COMMON = {"blk_ptr": "*u8", "scl_ptr": "*u8", "bias_ptr": "*bf16", "tile_expert_
 STRIDES = ["stride_be", "stride_bn", "stride_se", "stride_sn", "stride_biase"]
 NOT_DIVISIBLE_BY_16 = {"stride_sn"}  # d/32 = I/32 = 90
 
-# (kernel, DECODE, SWAP, (BM, BN, BK, warps, stages)): the tables' configs at 1024 and 128 tokens, and variants
-CASES = [("gate_up", 0, False, (128, 128, 64, 8, 4)), ("gate_up", 2, False, (128, 128, 64, 8, 4)),
-         ("gate_up", 3, False, (128, 128, 64, 8, 4)), ("down", 2, False, (128, 64, 64, 8, 3)),
-         ("gate_up", 2, True, (32, 128, 128, 8, 3)), ("gate_up", 2, False, (32, 128, 128, 8, 3))]
+
+
+def cases() -> list:
+    """(kernel, DECODE, Tile): the tables' tiles at 1024+, 512 and 128 tokens (20b), and decode variants."""
+    from gptoss_viz.runtime.kernels.moe import DOWN_CONFIGS, GATE_UP_CONFIGS, Tile
+
+    return [("gate_up", 0, GATE_UP_CONFIGS[256]), ("gate_up", 2, GATE_UP_CONFIGS[256]),
+            ("gate_up", 3, GATE_UP_CONFIGS[256]), ("down", 2, DOWN_CONFIGS[256]),
+            ("gate_up", 2, Tile(128, 128, 64, 8, 4)),  # the 1024-token table before the one-warp-group tiles
+            ("gate_up", 2, GATE_UP_CONFIGS[128]), ("down", 2, DOWN_CONFIGS[128]),
+            ("gate_up", 2, GATE_UP_CONFIGS[32]), ("gate_up", 2, GATE_UP_CONFIGS[32]._replace(swap=False))]
 
 
 def signature(kernel: str) -> dict:
@@ -48,20 +55,20 @@ def signature(kernel: str) -> dict:
                "bias_ptr": "*bf16", "y_ptr": "*fp32", "tile_expert_ptr": "*i32", "tile_start_ptr": "*i32",
                "tile_end_ptr": "*i32", "K": "i32", "N": "i32", "stride_am": "i32", **{s: "i32" for s in STRIDES},
                "stride_ym": "i32"}
-    return {**sig, "BM": "constexpr", "BN": "constexpr", "BK": "constexpr", "SWAP": "constexpr",
+    return {**sig, "BM": "constexpr", "BN": "constexpr", "BK": "constexpr", "NSUB": "constexpr", "SWAP": "constexpr",
             "DECODE": "constexpr"}
 
 
-def loop_opcodes(kernel: str, decode: int, swap: bool, tile: tuple) -> dict:
+def loop_opcodes(kernel: str, decode: int, tile) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from gptoss_viz.runtime.kernels import moe
 
-    bm, bn, bk, warps, stages = tile
+    bm, bn, bk, warps, stages, swap, nsub = tile
     sig = signature(kernel)
-    consts = {"BM": bm, "BN": bn, "BK": bk, "SWAP": swap, "DECODE": decode}
+    consts = {"BM": bm, "BN": bn, "BK": bk, "NSUB": nsub, "SWAP": swap, "DECODE": decode}
     if kernel == "gate_up":
         consts["TOP_K"] = 4
     attrs = {(i,): [["tt.divisibility", 16]] for i, (n, t) in enumerate(sig.items())
@@ -74,18 +81,21 @@ def loop_opcodes(kernel: str, decode: int, swap: bool, tile: tuple) -> dict:
         f.write(k.asm["cubin"])
     try:
         sass = subprocess.run([str(cuobjdump), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
+    regs = int(m.group(1)) if (m := re.search(r"REG:(\d+)", usage)) else None
     instr = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     back = [(int(m.group(1), 16), a) for a, t in instr if (m := re.search(r"BRA\s.*?0x([0-9a-f]+)", t))
             and int(m.group(1), 16) < a]  # backward branches: loops
-    lo, hi = max(back, key=lambda r: r[1] - r[0])  # the longest loop: the K loop
+    lo, hi = max(back, key=lambda r: r[1] - r[0])  # the longest loop: the K loop (of NSUB sub-tiles)
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for a, t in instr if lo <= a <= hi)
     spills = sum(n for op, n in ops.items() if op.startswith(("STL", "LDL")))
     short = collections.Counter()
     for op, n in ops.items():
         short[op.split(".")[0]] += n
-    return {"kernel": kernel, "decode": decode, "swap": swap, "tile": list(tile), "loop_instructions": sum(ops.values()),
+    return {"kernel": kernel, "decode": decode, "tile": tile._asdict(), "registers": regs,
+            "shared_bytes": k.metadata.shared, "loop_instructions": sum(ops.values()),
             "warp_instructions_per_k_step": sum(ops.values()) * warps, "spills_in_loop": spills,
             "by_opcode": dict(short.most_common()), "memory_ops": {o: n for o, n in ops.items()
                                                                     if o.startswith(("LDG", "LDS", "STS", "UTMA"))}}
@@ -98,12 +108,12 @@ def main() -> None:
     import triton
 
     rows = []
-    for kernel, decode, swap, tile in CASES:
-        r = loop_opcodes(kernel, decode, swap, tile)
+    for kernel, decode, tile in cases():
+        r = loop_opcodes(kernel, decode, tile)
         rows.append(r)
         top = ", ".join(f"{o} {n}" for o, n in list(r["by_opcode"].items())[:8])
-        print(f"{kernel:7s} decode {decode} swap {int(swap)} tile {tile}: {r['loop_instructions']} instructions a "
-              f"thread per K step (spills {r['spills_in_loop']}): {top}")
+        print(f"{kernel:7s} decode {decode} {tuple(tile)}: {r['registers']} registers, {r['shared_bytes']} B shared; "
+              f"{r['loop_instructions']} instructions a thread per K step (spills {r['spills_in_loop']}): {top}")
     if args.out:
         args.out.write_text(json.dumps({"triton": triton.__version__, "target": "sm_90", "rows": rows}, indent=1))
 
