@@ -28,7 +28,7 @@ against mxfp4_dequant over every byte and scale of its range (tests/test_kernels
   3: variant 2 with one multiply, ~3.5 instructions a value, exact for scales 0..128 (weights below
     12 in magnitude: any trained checkpoint). On one 20b layer it was 23% faster to 20% slower than variant 2
     depending on the tile, on a machine whose timings drifted by up to 2x within the run (benchmarks/RESULTS.md),
-    and again -15% to +6% in a later sweep (results/moe_variants_occupancy.json), so it is not the default; it
+    and again -16% to +6% in a later sweep (results/moe_variants_occupancy.json), so it is not the default; it
     stays in the sweep and the tests.
 Trained checkpoints sit near scale 127, and 255 (NaN) is rejected at load.
 
@@ -322,8 +322,9 @@ class Tile(NamedTuple):
 # sweeps on one gpt-oss-20b layer on an H200 (benchmarks/moe_variants.py, 2026-11-28; results/moe_variants*.json),
 # where timings of one tile move by up to ~10% between passes. SWAP (weights as the register operand, tokens the
 # narrow side of the dot) wins for the short tiles of small prompts; two sub-tiles of 64 rows per program for
-# ~400-800 tokens (20-25% faster than one 128-row tile at 512 tokens); one warp group per 128-row tile from
-# ~800 tokens on (~5% faster than two at 1024 and 2048 tokens: fewer warps wait at each barrier).
+# ~400-800 tokens (the layer 25% faster than with one 128-row tile at 512 tokens); one warp group per 128-row
+# tile from ~800 tokens on (fewer warps wait at each barrier: down 2-10% faster than with two at 1024 and 2048
+# tokens, gate_up about the same; in the 1024-token forward the two kernels went from 23.8 to 18.5 ms).
 GATE_UP_CONFIGS = {16: Tile(16, 64, 64, 4, 3, True), 32: Tile(32, 128, 128, 8, 3, True),
                    64: Tile(64, 64, 128, 4, 3), 128: Tile(64, 64, 64, 4, 3, nsub=2), 256: Tile(128, 128, 64, 4, 3)}
 DOWN_CONFIGS = {16: Tile(16, 64, 64, 4, 3, True), 32: Tile(32, 128, 128, 8, 3, True),
@@ -386,7 +387,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     for t in (t1, t2):
         if not 1 <= t.nsub <= 3 or (t.swap and t.nsub != 1):
             raise ValueError(f"{t}: nsub must be 1..3, and 1 with swap")
-    schedules = {}  # tile height -> schedule; the order of the rows is the same for every height
+    schedules = {}  # tile height -> schedule; every height gives the same groups of rows (ranges per expert)
 
     def schedule(t: Tile):
         h = t.bm * t.nsub
