@@ -23,35 +23,25 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_gptoss import gpu_ms  # noqa: E402
-
-from gptoss_viz.runtime.kernels import moe as kmoe  # noqa: E402
-from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+from moe_variants import one_20b_layer, routed, run_moe  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tokens", type=int)
-    ap.add_argument("--decode", type=int, default=None, help="MXFP4 decode variant (kernels/moe.py); default: the table's")
+    ap.add_argument("--decode", type=int, default=None,
+                    help="MXFP4 decode variant (kernels/moe.py); default: the table's")
     args = ap.parse_args()
-    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=2048)
-    mlp = random_packed_model(cfg, "cuda", seed=1).blocks[0].mlp
-    ex = mlp.experts
+    cfg, mlp = one_20b_layer()
     g = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(args.tokens, cfg.hidden_size, device="cuda", generator=g).to(torch.bfloat16)
-
-    def run(decode):
-        return kmoe.moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                              ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                              decode=decode)
-
+    w, idx = routed(mlp, x)
     with torch.inference_mode():
-        w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
-        w = w.softmax(-1)
         for _ in range(3):
-            y = run(args.decode)
-        ref = run(0)
+            y = run_moe(mlp, x, idx, w, decode=args.decode)
+        ref = run_moe(mlp, x, idx, w, decode=0)
         print("relative difference to decode 0:", ((y.float() - ref.float()).norm() / ref.float().norm()).item())
-        print(f"median {gpu_ms(lambda: run(args.decode), 3, 10):.3f} ms")
+        print(f"median {gpu_ms(lambda: run_moe(mlp, x, idx, w, decode=args.decode), 3, 10):.3f} ms")
 
 
 if __name__ == "__main__":

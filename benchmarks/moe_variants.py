@@ -53,6 +53,27 @@ CANDIDATES = {  # tile class -> candidate Tiles (for both kernels)
 COUNTS = (128, 512, 1024, 2048, 4096)
 
 
+def one_20b_layer():
+    """(config, MoE module) of one gpt-oss-20b layer with random packed weights built in GPU memory."""
+    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=2048)
+    return cfg, random_packed_model(cfg, "cuda", seed=1).blocks[0].mlp
+
+
+def routed(mlp, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's own routing of x: (weights, expert ids) [T, k]."""
+    with torch.inference_mode():
+        w, idx = mlp.router(x).topk(mlp.k, -1)
+    return w.softmax(-1), idx
+
+
+def run_moe(mlp, x, idx, w, configs=None, decode=None) -> torch.Tensor:
+    """moe_mxfp4 on the layer's packed experts (the tables' tiles and decode unless given)."""
+    ex = mlp.experts
+    return kmoe.moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                          ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                          configs=configs, decode=decode)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -65,9 +86,7 @@ def main() -> None:
          "torch": torch.__version__, "triton": __import__("triton").__version__}}
     phase_ceilings(R)
     ceil = R["ceilings"]
-    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=2048)
-    model = random_packed_model(cfg, "cuda", seed=1)
-    mlp = model.blocks[0].mlp
+    cfg, mlp = one_20b_layer()
     ex = mlp.experts
     d, I, E, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts, cfg.num_experts_per_tok
     packed = sum(t.numel() * t.element_size() for t in (ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
@@ -79,9 +98,7 @@ def main() -> None:
     R["counts"] = []
     for T in args.counts:
         x = torch.randn(T, d, device="cuda", generator=g).to(torch.bfloat16)
-        with torch.inference_mode():
-            w, idx = mlp.router(x).topk(k, -1)
-        w = w.softmax(-1)
+        w, idx = routed(mlp, x)
         cls = kmoe._tile_class(T * k / E)
         table = (kmoe.GATE_UP_CONFIGS[cls], kmoe.DOWN_CONFIGS[cls])
         experts_hit = int(torch.unique(idx).numel())
@@ -90,9 +107,7 @@ def main() -> None:
         bound_ms = 1e3 * max(flops / (ceil["matmul_tflops"] * 1e12), wbytes / ceil["copy_bytes_per_s"])
 
         def run(configs, decode=None):
-            return kmoe.moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                                  ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                                  configs=configs, decode=decode)
+            return run_moe(mlp, x, idx, w, configs, decode)
 
         def timed(name, configs, decode=None, **extra):
             try:
