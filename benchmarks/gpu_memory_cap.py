@@ -79,7 +79,8 @@ def main() -> None:
             row = {"T": T}
             with torch.inference_mode():
                 row["forward"] = attempt(lambda: model(ids))
-                row["forward"]["path"] = model.last_path
+                if row["forward"]["ok"]:
+                    row["forward"]["path"] = model.last_path
                 model.tokenizer = IdsOnly(ids.tolist())
                 try:
                     row["full_trace"] = attempt(lambda: holder.__setitem__("t", run_trace(model, "x")))
