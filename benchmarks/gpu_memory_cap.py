@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,25 +26,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_gptoss import IdsOnly  # noqa: E402
+from gpu_gptoss import IdsOnly, phase_gen20b  # noqa: E402
 
 from gptoss_viz import load_model  # noqa: E402
 
 GIB = 2 ** 30
 
 
-def attempt(fn) -> dict:
+def attempt(fn):
+    """(fn's result or None, a record: ok with time and allocator peaks, or the out-of-memory error)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     try:
-        fn()
+        value = fn()
         torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError as e:
-        return {"ok": False, "error": f"OutOfMemoryError: {str(e).splitlines()[0][:300]}"}
-    return {"ok": True, "seconds": time.perf_counter() - t0,
-            "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
+        return None, {"ok": False, "error": f"OutOfMemoryError: {str(e).splitlines()[0][:300]}"}
+    return value, {"ok": True, "seconds": time.perf_counter() - t0,
+                   "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
+                   "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
 
 
 def main() -> None:
@@ -56,17 +56,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     ckpt = Path(args.ckpt)
-    if not (ckpt / "config.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_random_gptoss.py"), "--size", "20b",
-                        "--out", str(ckpt), "--device", "cuda"], check=True)
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)
     R = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
          "cap_gib": args.cap_gib, "device_total_gib": total / GIB}
-    holder = {}
-    R["load"] = attempt(lambda: holder.setdefault("m", load_model(ckpt, device="cuda")))
-    if R["load"]["ok"]:
-        model = holder["m"]
+    if not (ckpt / "config.json").exists():
+        phase_gen20b(R, ckpt)  # in its own process, before the cap
+    torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)
+    model, R["load"] = attempt(lambda: load_model(ckpt, device="cuda"))
+    if model is not None:
         R["weights_gib"] = torch.cuda.memory_allocated() / GIB
         from gptoss_viz.trace import run_trace
 
@@ -78,20 +75,21 @@ def main() -> None:
             ids = ids_all[:T]
             row = {"T": T}
             with torch.inference_mode():
-                row["forward"] = attempt(lambda: model(ids))
+                _, row["forward"] = attempt(lambda: model(ids))
                 if row["forward"]["ok"]:
                     row["forward"]["path"] = model.last_path
                 model.tokenizer = IdsOnly(ids.tolist())
                 try:
-                    row["full_trace"] = attempt(lambda: holder.__setitem__("t", run_trace(model, "x")))
-                    if "t" in holder:
-                        row["full_trace"]["path"] = holder.pop("t").path
+                    trace, row["full_trace"] = attempt(lambda: run_trace(model, "x"))
+                    if trace is not None:
+                        row["full_trace"]["path"] = trace.path
+                    del trace
                 finally:
                     model.tokenizer = tok
             torch.cuda.empty_cache()
             R["lengths"].append(row)
             print(T, json.dumps(row))
-    R["control_1.05x_cap"] = attempt(lambda: torch.empty(int(1.05 * args.cap_gib * GIB), dtype=torch.uint8,
+    _, R["control_1.05x_cap"] = attempt(lambda: torch.empty(int(1.05 * args.cap_gib * GIB), dtype=torch.uint8,
                                                          device="cuda"))
     print("control", R["control_1.05x_cap"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
