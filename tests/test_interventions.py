@@ -129,3 +129,20 @@ def test_text_form_and_bad_input(model, ids):
                 Intervention(remove_sinks=((0, 64),))]:
         with pytest.raises(InputError):
             bad.validate(model.config, len(ids))
+
+
+def test_out_of_memory_in_the_tab_gives_a_message(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    import gptoss_viz.ui.interventions_tab as tab
+
+    def oom(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with gr.Blocks():
+        state = gr.State()
+        layer, head, token = gr.Number(1), gr.Number(0), gr.Number(-1)
+        iv = tab.interventions_tab(state, layer, head, token)
+    monkeypatch.setattr(tab, "apply", oom)
+    out = iv["apply"]({"traces": {}}, "ax=1:0", 1, 0, -1)
+    assert "out of memory" in out[0] and "shorter prompt" in out[0]
+    assert len(out) == len(iv["outputs"])

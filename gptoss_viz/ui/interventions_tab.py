@@ -110,6 +110,11 @@ def interventions_tab(state, layer_ctl, head_ctl, token_ctl) -> dict:
             comp, figs = apply(st, iv, views.Selection(layer=int(layer_v), head=int(head_v), token=int(token_v)))
         except GptOssVizError as e:
             return [f"\u26a0\ufe0f {html.escape(str(e))}"] + [gr.skip()] * 4
+        except torch.OutOfMemoryError:  # two forwards and a trace of the analysed prompt on a small GPU
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give back what the failed pass held, for the next request
+            return ["\u26a0\ufe0f out of memory while applying the intervention: analyse a shorter prompt, or use a "
+                    "smaller model"] + [gr.skip()] * 4
         if st:
             st["view"].intervention = iv.to_str()
         md = (f"**{html.escape(comp.description)}** \u2014 KL divergence at token {comp.position}: {comp.kl:.4f} "
