@@ -12,7 +12,8 @@ import torch
 from conftest import TEXT, make_gptoss_dir
 from gptoss_viz import ModelLoadError, load_model
 from gptoss_viz.runtime.configs import GptOssConfig
-from gptoss_viz.runtime.mxfp4 import mxfp4_dequant, mxfp4_quantize, mxfp4_unpack_codes
+from gptoss_viz.runtime.mxfp4 import (from_hopper_order, mxfp4_dequant, mxfp4_quantize, mxfp4_unpack_codes,
+                                      to_hopper_order)
 from gptoss_viz.runtime.rope import (apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq, yarn_concentration,
                                      yarn_correction_range, yarn_inv_freq)
 
@@ -303,6 +304,53 @@ def test_mxfp4_scale_255_rejected_on_load(tmp_path, tokenizer_json):
         load_model(path)
     msg = str(e.value)
     assert name in msg and "255" in msg and "NaN" in msg, f"message does not name the tensor and the cause: {msg}"
+
+
+def test_hopper_order_places_each_value_where_the_kernel_reads_it():
+    """Lane group t, block p, byte b of a 64-value chunk (byte 8t + 4p + b) holds K = 32p + 2t + (b & 1) +
+    8 (b >> 1) in its low nibble and K + 16 in its high one (kernels/moe_hopper.py reads them so); the inverse
+    gives the bytes back."""
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 5, 6, 16), dtype=torch.uint8, generator=g)
+    h = to_hopper_order(blocks)
+    assert h.shape == blocks.shape and torch.equal(from_hopper_order(h), blocks)
+    codes = mxfp4_unpack_codes(blocks).reshape(3, 5, 3, 64)  # value K of each chunk
+    for t in range(4):
+        for p in range(2):
+            for b in range(4):
+                byte = h.reshape(3, 5, 3, 32)[..., 8 * t + 4 * p + b]
+                k = 32 * p + 2 * t + (b & 1) + 8 * (b >> 1)
+                assert torch.equal(byte & 15, codes[..., k]) and torch.equal(byte >> 4, codes[..., k + 16])
+    with pytest.raises(ValueError, match="multiple of 64"):
+        to_hopper_order(blocks[:, :, :3])
+
+
+def test_experts_in_hopper_order_compute_and_save_the_same():
+    """The re-arranged blocks change nothing a user sees: the reference forward, the dequantized weights and the
+    state dict (saved in the checkpoint's order) are identical; loading a state dict resets the order."""
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
+                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)
+    model = random_packed_model(cfg, "cpu", seed=3).float()
+    ex = model.blocks[0].mlp.experts
+    ids = torch.arange(20) % 64
+    with torch.no_grad():
+        before = model(ids)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    w_before = ex.weights(2, torch.float32)
+    ex.use_hopper_order()
+    assert ex.blocks_order == "hopper"
+    assert not torch.equal(ex.gate_up_proj_blocks, sd["blocks.0.mlp.experts.gate_up_proj_blocks"])
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+    assert all(torch.equal(a, b) for a, b in zip(ex.weights(2, torch.float32), w_before))
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in sd.items())
+    model.load_state_dict(sd)
+    assert ex.blocks_order == "checkpoint"
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -246,6 +246,8 @@ def load_model(source, device: str | torch.device | None = None, dtype: torch.dt
         model = cls(cfg)
     load_state(model, iter_tensors(weight_files(path), device), key_fn, dtype)
     model.eval()
+    if isinstance(model, GptOss) and device.type == "cuda":
+        model.prepare_kernels()
     model.tokenizer = load_tokenizer(path, cfg)
     model.source = str(source)
     log.info("loaded %s (%s) from %s on %s", source, cfg.model_type, path, device)

@@ -24,7 +24,7 @@ from torch import nn
 from gptoss_viz.errors import InputError
 from gptoss_viz.runtime.configs import GptOssConfig
 from gptoss_viz.runtime.hooks import HookedModel, HookPoint
-from gptoss_viz.runtime.mxfp4 import mxfp4_dequant
+from gptoss_viz.runtime.mxfp4 import from_hopper_order, mxfp4_dequant, to_hopper_order
 from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq
 
 
@@ -181,12 +181,18 @@ class Router(nn.Module):
 
 class Experts(nn.Module):
     """E SwiGLU experts. Weights are either MXFP4-packed (the Hub format: uint8 blocks + scales, dequantized one
-    expert at a time when used) or dense (training, unquantized checkpoints), both in (out, in) row layout."""
+    expert at a time when used) or dense (training, unquantized checkpoints), both in (out, in) row layout.
+
+    Packed blocks are in the checkpoint's order, or (`blocks_order == "hopper"`, after `use_hopper_order`, which
+    MoE does before its first Hopper kernel call) in mxfp4.to_hopper_order: the same bytes re-arranged in place for
+    the sm_90 kernels. Everything that reads the weights goes through `dequantized` (which undoes it) or
+    `state_dict` (which saves the checkpoint order)."""
 
     def __init__(self, cfg: GptOssConfig, packed: bool):
         super().__init__()
         E, d, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
         self.packed = packed
+        self.blocks_order = "checkpoint"
         self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
         if packed:
             self.register_buffer("gate_up_proj_blocks", torch.zeros(E, 2 * I, d // 32, 16, dtype=torch.uint8))
@@ -218,11 +224,35 @@ class Experts(nn.Module):
         for i in range(0, len(experts), step):
             chunk = experts[i:i + step]
             ix = torch.tensor(chunk, device=self.gate_up_proj_blocks.device)
-            w1 = mxfp4_dequant(self.gate_up_proj_blocks.index_select(0, ix),
-                               self.gate_up_proj_scales.index_select(0, ix), dtype)  # [n, 2I, d]
-            w2 = mxfp4_dequant(self.down_proj_blocks.index_select(0, ix),
-                               self.down_proj_scales.index_select(0, ix), dtype)  # [n, d, I]
+            b1 = self.gate_up_proj_blocks.index_select(0, ix)
+            b2 = self.down_proj_blocks.index_select(0, ix)
+            if self.blocks_order == "hopper":
+                b1, b2 = from_hopper_order(b1), from_hopper_order(b2)
+            w1 = mxfp4_dequant(b1, self.gate_up_proj_scales.index_select(0, ix), dtype)  # [n, 2I, d]
+            w2 = mxfp4_dequant(b2, self.down_proj_scales.index_select(0, ix), dtype)  # [n, d, I]
             yield from zip(chunk, w1, w2)
+
+    @torch.no_grad()
+    def use_hopper_order(self) -> None:
+        """Re-arrange the packed blocks in place into mxfp4.to_hopper_order, a few experts at a time (the
+        temporaries are ~6x the blocks converted at once: ~50 MB per 20b expert, not the layer's 1.6 GB)."""
+        if self.blocks_order == "hopper":
+            return
+        for blocks in (self.gate_up_proj_blocks, self.down_proj_blocks):
+            step = max(1, (16 << 20) // blocks[0].numel())
+            for e in range(0, blocks.shape[0], step):
+                blocks[e:e + step].copy_(to_hopper_order(blocks[e:e + step]))
+        self.blocks_order = "hopper"
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed and self.blocks_order == "hopper":  # saved in the checkpoint's order, as loaded
+            for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+                destination[prefix + name] = from_hopper_order(destination[prefix + name])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.blocks_order = "checkpoint"  # state dicts hold the checkpoint's order
 
     def expert(self, e: int, x: torch.Tensor, w1: torch.Tensor | None = None,
                w2: torch.Tensor | None = None) -> torch.Tensor:
@@ -256,20 +286,35 @@ class MoE(nn.Module):
         return (self.use_kernels and x.is_cuda and self.experts.packed
                 and x.dtype in (torch.bfloat16, torch.float16) and _kernels_available(x.device))
 
+    def _kernel(self, x: torch.Tensor):
+        """The fast-path function for x, or None for the reference: kernels/moe_hopper.py's on sm_90 with bf16
+        (the blocks re-arranged for it on first use), else kernels/moe.py's (blocks in the checkpoint's order)."""
+        if not self.fast_path_ok(x):
+            return None
+        ex = self.experts
+        if _hopper_moe_ok(x.device, x.dtype, x.shape[-1], ex.gate_up_proj_bias.shape[1] // 2):
+            from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
+
+            ex.use_hopper_order()  # once: the Hopper kernels read the blocks in their own order
+            return moe_mxfp4_hopper
+        if ex.blocks_order == "hopper":  # (e.g. fp16 activations after bf16 ones): the reference undoes the order
+            return None
+        from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+
+        return moe_mxfp4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
         idx, weight = route(logits, self.k)  # [T, k] each
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
-        if self.fast_path_ok(x):
-            from gptoss_viz.runtime.kernels.moe import moe_mxfp4
-
+        kernel = self._kernel(x)
+        if kernel is not None:
             ex = self.experts
             d = x.shape[-1]
-            out = moe_mxfp4(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
-                            ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias,
-                            ex.limit, ex.alpha).view_as(x)
+            out = kernel(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
+                         ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                         ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha).view_as(x)
             self.last_path = "triton"
         else:
             out = self.combine(x, idx, weight)
@@ -388,6 +433,16 @@ class GptOss(HookedModel):
         for b in self.blocks:
             b.attn.use_kernels = b.mlp.use_kernels = bool(on)
 
+    def prepare_kernels(self) -> None:
+        """Re-arrange the packed expert weights for the Hopper MoE kernels now, if they will run (bf16 weights on
+        an sm_90 GPU), rather than in the first forward: load_model calls this, while memory is free."""
+        emb = self.embed_tokens.weight
+        for b in self.blocks:
+            ex = b.mlp.experts
+            if (b.mlp.use_kernels and ex.packed
+                    and _hopper_moe_ok(emb.device, emb.dtype, emb.shape[1], ex.gate_up_proj_bias.shape[1] // 2)):
+                ex.use_hopper_order()
+
     def _paths_taken(self) -> dict[str, str]:
         """{"attention": ..., "moe": ...}: "triton", "reference", or "mixed (triton: layers [...])"."""
         def summary(paths: list) -> str:
@@ -404,6 +459,17 @@ def _kernels_available(device: torch.device) -> bool:
     from gptoss_viz.runtime.kernels import available
 
     return available(device)
+
+
+def _hopper_moe_ok(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
+    """Whether kernels/moe_hopper.py runs this MoE (bf16 on sm_90, Triton with Gluon's Hopper API)."""
+    if device.type != "cuda" or not _kernels_available(device):
+        return False
+    try:
+        from gptoss_viz.runtime.kernels import moe_hopper
+    except ImportError:  # an older Triton without Gluon: moe.py's kernels
+        return False
+    return moe_hopper.supported(device, dtype, d, I)
 
 
 def _fused_ok(use_kernels: bool, x: torch.Tensor) -> bool:

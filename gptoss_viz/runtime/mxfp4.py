@@ -90,3 +90,39 @@ def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = code[..., 0::2] | (code[..., 1::2] << 4)  # [..., nb, 16]
     scales = (e + SCALE_BIAS).to(torch.uint8)
     return blocks.contiguous(), scales.contiguous()
+
+
+# ---- the Hopper kernel's order of the packed values (kernels/moe_hopper.py) ------------------------------------
+# The same bytes re-arranged, so that each thread of Hopper's wgmma finds the values of its register fragment in
+# 8 consecutive bytes. Within each 64-value chunk of a row (two blocks, 32 bytes), lane group t (0..3) gets bytes
+# 8t..8t+7, four per block p (0, 1); byte b of those four holds the value at K = 32p + 2t + (b & 1) + 8 (b >> 1)
+# in its low nibble and K + 16 in its high nibble (K counted inside the chunk). The scales are unchanged.
+
+def _hopper_source() -> torch.Tensor:
+    """[64]: for each nibble position of a chunk in the Hopper order (byte * 2 + high), the K of its value."""
+    src = torch.empty(64, dtype=torch.long)
+    for t in range(4):
+        for p in range(2):
+            for b in range(4):
+                for high in range(2):
+                    src[2 * (8 * t + 4 * p + b) + high] = 32 * p + 16 * high + 8 * (b >> 1) + 2 * t + (b & 1)
+    return src
+
+
+def _reorder_nibbles(blocks: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """blocks [..., nb, 16] (nb even) with the nibbles of each 64-value chunk taken from positions `source`."""
+    *lead, nb, _ = blocks.shape
+    if nb % 2:
+        raise ValueError(f"the Hopper order needs rows of a multiple of 64 values, got {nb * 32}")
+    codes = mxfp4_unpack_codes(blocks).reshape(*lead, nb // 2, 64)[..., source.to(blocks.device)]
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).reshape(blocks.shape)
+
+
+def to_hopper_order(blocks: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-order blocks [..., nb, 16] -> the same values in the Hopper kernel's order (same shape)."""
+    return _reorder_nibbles(blocks, _hopper_source())
+
+
+def from_hopper_order(blocks: torch.Tensor) -> torch.Tensor:
+    """The inverse of to_hopper_order."""
+    return _reorder_nibbles(blocks, torch.argsort(_hopper_source()))
