@@ -97,8 +97,7 @@ def moe_exact(moe: MoE, x, idx, weight) -> torch.Tensor:
         tok, slot = (idx == e).nonzero(as_tuple=True)
         if len(tok) == 0:
             continue
-        w1 = mxfp4_dequant(ex.gate_up_proj_blocks[e], ex.gate_up_proj_scales[e], torch.float32)
-        w2 = mxfp4_dequant(ex.down_proj_blocks[e], ex.down_proj_scales[e], torch.float32)
+        w1, w2 = ex.weights(e, torch.float32)  # exact dequantization (in either order of the blocks)
         h = x[tok].float() @ w1.T + ex.gate_up_proj_bias[e].float()
         y = swiglu_clamped(h, ex.limit, ex.alpha) @ w2.T + ex.down_proj_bias[e].float()
         out.index_add_(0, tok, y * weight[tok, slot].float()[:, None])
@@ -210,6 +209,109 @@ def test_mxfp4_moe_skewed_routing(variant):
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)
     check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), f"MoE {variant}, skewed routing")
+
+
+# The Hopper kernels (kernels/moe_hopper.py): decoded weights as wgmma's register operand, blocks re-arranged
+
+HOPPER = CUDA and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _htile(*args):
+    from gptoss_viz.runtime.kernels.moe_hopper import HopperTile
+
+    return HopperTile(*args)
+
+
+# HopperTile(bt, bx, stages): the rule's choice, every tile of its table, and no overflow rows at the large ones
+HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": lambda: _htile(16, 16, 4),
+                "32+32": lambda: _htile(32, 32, 4), "64+32": lambda: _htile(64, 32, 4),
+                "128": lambda: _htile(128, 0, 3), "128+32": lambda: _htile(128, 32, 3),
+                "128+64": lambda: _htile(128, 64, 3)}
+HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, 129),
+                                                                          (128, 64, 8, 2, 37)]
+
+
+def hopper_moe(moe: MoE, x, idx, weight, tile=None):
+    """moe_mxfp4_hopper on a copy of moe's experts re-arranged into the Hopper order (moe keeps its own)."""
+    from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
+    from gptoss_viz.runtime.mxfp4 import to_hopper_order
+
+    ex = moe.experts
+    return moe_mxfp4_hopper(x, idx, weight, to_hopper_order(ex.gate_up_proj_blocks), ex.gate_up_proj_scales,
+                            ex.gate_up_proj_bias, to_hopper_order(ex.down_proj_blocks), ex.down_proj_scales,
+                            ex.down_proj_bias, ex.limit, ex.alpha, tile=tile)
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("tile", HOPPER_TILES)
+@pytest.mark.parametrize("d,I,E,k,N", HOPPER_CASES)
+def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
+    """Every expert hit (N >= E/k), odd token counts, tiles with and without the overflow rows; also against
+    moe.py's kernel (same decode bits, fp32 accumulation: on an H200 the two agreed bit for bit)."""
+    from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+
+    moe = random_moe(d, I, E, k, seed=N)
+    g = torch.Generator(device=DEVICE).manual_seed(1000 + N)
+    x = torch.randn(N, d, generator=g, device=DEVICE).to(DTYPE)
+    logits = torch.randn(N, E, generator=g, device=DEVICE)
+    if N * k >= E:
+        e = torch.arange(E, device=DEVICE)
+        logits[e // k, e] += 100.0
+    idx = logits.topk(k, -1).indices
+    weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
+    fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
+    with torch.no_grad():
+        ref = moe.combine(x, idx, weight)
+    where = f"Hopper MoE tile {tile} d={d} I={I} E={E} k={k} N={N}"
+    check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), where)
+    ex = moe.experts
+    triton_out = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                           ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+    diff = rel_err(fast, triton_out)
+    assert diff <= REL_FLOOR, f"{where}: differs from moe.py's kernel by {diff:.3g}"
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("tile", ["auto", "16+16", "128+32", "128+64"])
+def test_hopper_moe_skewed_routing(tile):
+    """All tokens on a few experts: many tiles for one expert, tiles with and without overflow rows, empty experts."""
+    d, I, E, k, N = 2880, 2880, 32, 4, 300
+    moe = random_moe(d, I, E, k, seed=7)
+    g = torch.Generator(device=DEVICE).manual_seed(7)
+    x = (3 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
+    idx = torch.arange(k, device=DEVICE).repeat(N, 1)
+    idx[::3] = torch.arange(E - k, E, device=DEVICE)
+    weight = torch.full((N, k), 1.0 / k, device=DEVICE, dtype=DTYPE)
+    fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
+    with torch.no_grad():
+        ref = moe.combine(x, idx, weight)
+    check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), f"Hopper MoE tile {tile}, skewed routing")
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+def test_moe_module_takes_the_hopper_kernels_and_keeps_its_weights():
+    """MoE.forward on bf16 re-arranges the blocks once and runs the Hopper kernels; the reference path on the
+    same module (dequantized: the order undone) and the state dict (checkpoint order) are unchanged."""
+    moe = random_moe(2880, 2880, 32, 4, seed=11)
+    g = torch.Generator(device=DEVICE).manual_seed(11)
+    moe.router.weight.data = (0.05 * torch.randn(32, 2880, generator=g, device=DEVICE)).to(DTYPE)
+    moe.router.bias.data = moe.router.bias.data.to(DTYPE)
+    sd = {k: v.clone() for k, v in moe.state_dict().items()}
+    x = torch.randn(200, 2880, generator=g, device=DEVICE).to(DTYPE)
+    with torch.no_grad():
+        moe.use_kernels = False
+        ref = moe(x)
+        assert moe.last_path == "reference" and moe.experts.blocks_order == "checkpoint"
+        moe.use_kernels = True
+        fast = moe(x)
+        assert moe.last_path == "triton" and moe.experts.blocks_order == "hopper"
+        weight, idx = moe.router(x).topk(4, -1)
+        exact = moe_exact(moe, x, idx, weight.softmax(-1))
+        check_no_worse(fast, ref, exact, "MoE module, Hopper kernels")
+        moe.use_kernels = False  # (its index_add_ sums in a run-dependent order on CUDA: not bit for bit)
+        again = moe(x)
+        assert rel_err(again, ref) <= REL_FLOOR, f"the reference path changed by {rel_err(again, ref):.3g}"
+    assert all(torch.equal(v, sd[k]) for k, v in moe.state_dict().items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,6 +494,9 @@ def test_fast_path_equals_reference_at_20b_layer_shapes():
             fast = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
                              ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
             check_no_worse(fast, mlp.combine(x, idx, weight), moe_exact(mlp, x, idx, weight), f"layer {i} MoE")
+            mlp.use_kernels = True  # the module's own choice (the Hopper kernels on an H100/H200)
+            check_no_worse(mlp(x), mlp.combine(x, idx, weight), moe_exact(mlp, x, idx, weight),
+                           f"layer {i} MoE module ({mlp.experts.blocks_order} order)")
 
     # The whole model: routing decisions can flip on bf16 ties between the paths, so compare loosely here
     names = ["blocks.0.attn.hook_sink_prob", "blocks.1.attn.hook_sink_prob"]

@@ -1,0 +1,369 @@
+"""The MXFP4 expert matmuls on Hopper (sm_90), written in Gluon (Triton's explicit-layout dialect): the decoded
+weights are the *register* operand of wgmma, so no decoded value goes through shared memory.
+
+moe.py's Triton kernels decode a weight slice, store it to shared memory, wait at a barrier for every warp and only
+then run the tensor-core dot on it (Triton gives no control over that buffer); the Gluon kernels that double-buffered
+it (benchmarks/experiments/gluon_moe.patch) were no faster. Here the product is computed transposed,
+out^T [features, rows] = W [features, K] x^T [K, rows]: the weights are wgmma's A operand, which may live in
+registers, and each thread decodes exactly the values of its own A fragment, from two 32-bit words a row a K step
+(the packed weights are kept in mxfp4.to_hopper_order on the GPU, which puts a fragment's values in 8 consecutive
+bytes and each decoded 32-bit register on one K pair). A step decodes into one of two register sets while the other
+set's wgmma runs. The activation rows (wgmma's B) come by TMA into shared memory, STAGES deep, from rows already in
+expert-grouped order (x gathered once for gate_up; act is written in that order).
+
+A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
+rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
+BT rows (routing scatters the rows per expert around their mean) does not take a second tile that decodes its
+weights again. Tiles of one row range launch next to each other (feature tiles first): they share the activations
+in L2.
+
+Arithmetic: moe.py's (_decode_asm's bit trick, the same two multiplies; fp32 accumulation over the same K steps; the
+same epilogues), and on an H200 the outputs were bit-identical to moe.py's kernels at every size measured
+(benchmarks/moe_hopper.py). Scope: bf16 activations, K and the expert width multiples of 64 (`supported`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia import hopper
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+from gptoss_viz.runtime.kernels.moe import _sum_slots_kernel
+
+BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
+
+
+def _decode_word_asm() -> str:
+    """PTX: one 32-bit word of four packed bytes ($8) and their shared E8M0 scale ($9) -> eight bf16 ($0-$7, in
+    pairs: the low nibbles of bytes 0 and 1, of bytes 2 and 3, then the high nibbles of bytes 0 and 1, 2 and 3).
+    moe._decode_asm's bit trick (the same bits, the same two multiplies), the scale spread once for four bytes, and
+    each pair computed in one 32-bit register (the A-operand register wgmma takes)."""
+    lines = [".reg .b32 t01, t23, sc, u, v, m, two126;", "mov.b32 m, 0x01C001C0;", "mov.b32 two126, 0x7E807E80;",
+             "prmt.b32 t01, $8, 0, 0x4140;", "prmt.b32 t23, $8, 0, 0x4342;",
+             "prmt.b32 sc, $9, 0, 0x4040;", "shl.b32 sc, sc, 7;"]
+    for out, (t, shift) in enumerate((("t01", 6), ("t23", 6), ("t01", 2), ("t23", 2))):
+        lines += [f"shl.b32 u, {t}, {shift};", f"shl.b32 v, {t}, {shift + 6};", "lop3.b32 u, u, v, m, 0xE4;",
+                  "and.b32 u, u, 0x81C081C0;", "mul.rn.bf16x2 u, u, two126;", "mul.rn.bf16x2 u, u, sc;",
+                  f"mov.b32 {{${2 * out}, ${2 * out + 1}}}, u;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_DECODE_WORD_ASM = gl.constexpr(_decode_word_asm())
+
+
+@gluon.constexpr_function
+def _word_layout(BO):
+    """Layout of one step's packed weights as 32-bit words [BO, 4 (lane group t), 2 (block p)] (word 2t + p of the
+    row's 8 in mxfp4.to_hopper_order): each thread holds the two words (8 bytes) of its A fragment for each of its
+    rows: wgmma's A-operand layout (gl.to_linear_layout of DotOperandLayout(0, ACC, 2) for [64, 64]) with the K
+    bits inside a word dropped: rows 0-2 on lanes, 3 in a register, 4-5 on warps."""
+    BO = getattr(BO, "value", BO)
+    assert BO == 64, "one m64 wgmma a program"
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 0, 1], [8, 0, 0]], lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BO, 4, 2])
+
+
+@gluon.jit
+def _load_words(blk, rn, n_mask, kstep, num_k, stride_bn, WL: gl.constexpr):
+    """Step kstep's packed weights of rows rn as words [BO, 4, 2] int32 in WL (0 where masked or past the end)."""
+    t = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, WL)))
+    p = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+    row = gl.expand_dims(gl.expand_dims(rn * stride_bn + kstep * 8, 1), 2)
+    col = gl.expand_dims(gl.expand_dims(t * 2, 0), 2) + gl.expand_dims(gl.expand_dims(p, 0), 1)
+    m = gl.expand_dims(gl.expand_dims(n_mask & (kstep < num_k), 1), 2)
+    return gl.load(blk + row + col, mask=m, other=0)
+
+
+@gluon.jit
+def _load_scales(scl, rn, n_mask, kstep, num_k, stride_sn, WL: gl.constexpr):
+    """Step kstep's two E8M0 scales of rows rn: [BO, 1, 2] int32 (127 where masked or past the end)."""
+    SL: gl.constexpr = gl.SliceLayout(1, WL)  # [BO, 2]
+    g = gl.arange(0, 2, layout=gl.SliceLayout(0, SL))
+    rs = gl.convert_layout(rn, gl.SliceLayout(1, SL))
+    ms = gl.convert_layout(n_mask, gl.SliceLayout(1, SL))
+    ptrs = scl + gl.expand_dims(rs * stride_sn + kstep * 2, 1) + gl.expand_dims(g, 0)
+    s = gl.load(ptrs, mask=gl.expand_dims(ms & (kstep < num_k), 1), other=127)
+    return gl.expand_dims(s.to(gl.int32), 1)
+
+
+@gluon.jit
+def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr):
+    """words [BO, 4 (t), 2 (p)] (mxfp4.to_hopper_order) and scales [BO, 1, 2] -> the weights [BO, 64] bf16 in
+    wgmma's A-operand layout AL: every 32-bit register of the decode is already one A register (a K pair)."""
+    s32 = s + gl.zeros([BO, 4, 2], gl.int32, WL)
+    h0, h1, h2, h3, h4, h5, h6, h7 = gl.inline_asm_elementwise(
+        _DECODE_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [word, s32], dtype=(gl.bfloat16,) * 8, is_pure=True,
+        pack=1)
+    # pair (h0, h1): K = 32p + 2t + {0, 1}; (h2, h3): + 8; (h4, h5): + 16; (h6, h7): + 24
+    w = gl.join(gl.join(gl.join(h0, h1), gl.join(h2, h3)), gl.join(gl.join(h4, h5), gl.join(h6, h7)))
+    w = gl.permute(w, (0, 2, 5, 4, 1, 3))  # [BO, t, p, n, j, y] -> [BO, p, y, j, t, n]
+    w = gl.reshape(w, [BO, 64])  # column 32p + 16y + 8j + 2t + n
+    return gl.convert_layout(w, AL)
+
+
+@gluon.jit
+def _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, kstep, num_k, STAGES: gl.constexpr,
+                BT: gl.constexpr, EXTRA: gl.constexpr):
+    """TMA copies of step kstep's activation rows into its stage: [BT, 64] from row start (zero past the array's
+    end), and with EXTRA the next BX rows too, all signalling the stage's barrier (nothing past the last step)."""
+    st = kstep % STAGES
+    live = kstep < num_k
+    if EXTRA:
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes, pred=live)
+        tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
+        tma.async_copy_global_to_shared(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
+                                        pred=live)
+    else:
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes, pred=live)
+        tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
+
+
+@gluon.jit
+def _shift(b1, s1, blk, scl, rn, n_mask, kstep, num_k, stride_bn, stride_sn, WL: gl.constexpr):
+    """The two-step-ahead register queue of weight words and scales moves on; step kstep's are loaded."""
+    return (b1, s1, _load_words(blk, rn, n_mask, kstep, num_k, stride_bn, WL),
+            _load_scales(scl, rn, n_mask, kstep, num_k, stride_sn, WL))
+
+
+@gluon.jit
+def _step(k, w, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, USE_ACC: gl.constexpr,
+          STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr, AL2: gl.constexpr):
+    """K step k on decoded weights w: wait for step k-1's wgmma in every warp (its stage is then free for the TMA
+    copies of step k + STAGES - 1), wait for this step's activation rows, issue this step's wgmma(s)."""
+    if EXTRA:
+        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+    else:
+        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
+    gl.thread_barrier()
+    _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, k + STAGES - 1, num_k, STAGES, BT, EXTRA)
+    st = k % STAGES
+    mbarrier.wait(ready.index(st), (k // STAGES) & 1)
+    acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
+    if EXTRA:
+        acc2 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc2,
+                                    use_acc=USE_ACC, is_async=True)
+    return acc, acc2
+
+
+@gluon.jit
+def _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn, stride_sn,
+            BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
+    """The K loop: [BO, BT] (and with EXTRA [BO, BX], the next BX rows) fp32 accumulators."""
+    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
+    ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
+    AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
+    AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
+    WL: gl.constexpr = _word_layout(BO)
+    for i in gl.static_range(STAGES - 1):
+        _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, i, num_k, STAGES, BT, EXTRA)
+    # weight words and scales two steps ahead in registers (loaded straight from global memory: each thread
+    # reads only its own fragment's bytes, so nothing needs a barrier)
+    b0 = _load_words(blk, rn, n_mask, 0, num_k, stride_bn, WL)
+    s0 = _load_scales(scl, rn, n_mask, 0, num_k, stride_sn, WL)
+    b1 = _load_words(blk, rn, n_mask, 1, num_k, stride_bn, WL)
+    s1 = _load_scales(scl, rn, n_mask, 1, num_k, stride_sn, WL)
+    acc = gl.zeros([BO, BT], gl.float32, ACC)
+    acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
+    # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
+    wa = _decode(b0, s0, BO, AL, WL)
+    b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, 2, num_k, stride_bn, stride_sn, WL)
+    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, False, STAGES, BT,
+                      EXTRA, AL2)
+    # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
+    # other's wgmma (with one set, the decode would overwrite registers the running wgmma still reads)
+    for k in range(1, num_k - 1, 2):
+        wb = _decode(b0, s0, BO, AL, WL)
+        b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, k + 2, num_k, stride_bn, stride_sn, WL)
+        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True, STAGES,
+                          BT, EXTRA, AL2)
+        wa = _decode(b0, s0, BO, AL, WL)
+        b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, k + 3, num_k, stride_bn, stride_sn, WL)
+        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True,
+                          STAGES, BT, EXTRA, AL2)
+    if num_k % 2 == 0:  # one step left
+        wb = _decode(b0, s0, BO, AL, WL)
+        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True,
+                          STAGES, BT, EXTRA, AL2)
+    if EXTRA:
+        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+    else:
+        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
+    return acc, acc2
+
+
+@gluon.jit
+def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase, stride_om,
+              limit, alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BO: gl.constexpr):
+    """acc [BO features, BT rows] -> gate_up: + bias, clamped SwiGLU, to rows start.. of out [A, N/2]; down: + bias,
+    times the routing weight, in fp32 to each row's assignment row of out [A, N]."""
+    NW: gl.constexpr = gl.num_warps()
+    acc = gl.permute(acc, (1, 0))  # [BT, BO]
+    if GATE_UP:
+        EL: gl.constexpr = gl.BlockedLayout([1, 2], [4, 8], [NW, 1], [1, 0])
+        h = gl.convert_layout(acc, EL)
+        rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(0, EL))
+        bias = gl.load(bias_ptr + e * stride_biase + rn, mask=rn < N, other=0.0).to(gl.float32)
+        h = h + gl.expand_dims(bias, 0)
+        gate, up = gl.split(h.reshape([BT, BO // 2, 2]))
+        gate = gl.minimum(gate, limit)  # clamped above only
+        up = gl.minimum(gl.maximum(up, -limit), limit)
+        act = gate * (1.0 / (1.0 + gl.exp(-(alpha * gate)))) * (up + 1.0)
+        OL: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [NW, 1], [1, 0])
+        act = gl.convert_layout(act, OL)
+        ro = start + gl.arange(0, BT, layout=gl.SliceLayout(1, OL))
+        ri = pid_n * (BO // 2) + gl.arange(0, BO // 2, layout=gl.SliceLayout(0, OL))
+        ptrs = out_ptr + gl.expand_dims(ro.to(gl.int64) * stride_om, 1) + gl.expand_dims(ri, 0)
+        gl.store(ptrs, act.to(out_ptr.dtype.element_ty),
+                 mask=gl.expand_dims(ro < end, 1) & gl.expand_dims(ri < N // 2, 0))
+    else:
+        OL2: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [NW, 1], [1, 0])
+        y = gl.convert_layout(acc, OL2)
+        ro = start + gl.arange(0, BT, layout=gl.SliceLayout(1, OL2))
+        rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(0, OL2))
+        m_o = ro < end
+        bias = gl.load(bias_ptr + e * stride_biase + rn, mask=rn < N, other=0.0).to(gl.float32)
+        dest = gl.load(order_ptr + ro, mask=m_o, other=0).to(gl.int64)  # assignment t * k + j of each row
+        rw = gl.load(route_w_ptr + dest, mask=m_o, other=0.0).to(gl.float32)
+        y = (y + gl.expand_dims(bias, 0)) * gl.expand_dims(rw, 1)
+        ptrs = out_ptr + gl.expand_dims(dest * stride_om, 1) + gl.expand_dims(rn, 0)
+        gl.store(ptrs, y, mask=gl.expand_dims(m_o, 1) & gl.expand_dims(rn < N, 0))
+
+
+@gluon.jit
+def _moe_hopper_kernel(a_desc, x_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
+                   tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                   K, N, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
+                   limit, alpha,
+                   GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
+                   BO: gl.constexpr, STAGES: gl.constexpr):
+    """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
+    x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
+    fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
+    overflow rows get their own small wgmma, so an expert a little over BT rows does not take a second tile that
+    decodes its weights again) times BO weight rows (output features)."""
+    gl.static_assert(gl.num_warps() == 4, "one warp group")
+    WL: gl.constexpr = _word_layout(BO)
+    pid_n = gl.program_id(0)  # feature tiles first: programs next to each other share the rows
+    pid_m = gl.program_id(1)
+    start = gl.load(tile_start_ptr + pid_m)
+    end = gl.load(tile_end_ptr + pid_m)
+    if start < end:  # else a spare tile of the static grid
+        e = gl.load(tile_expert_ptr + pid_m).to(gl.int64)
+        blk = blk_ptr + e * stride_be
+        scl = scl_ptr + e * stride_se
+        rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(1, gl.SliceLayout(2, WL)))
+        n_mask = rn < N
+        num_k = K // 64
+        a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
+        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        if end - start > BT:
+            acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn,
+                                stride_sn, BO, BT, BX, STAGES, True)
+            _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, BT, BO)
+            _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, BX, BO)
+        else:
+            acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn,
+                                stride_sn, BO, BT, BX, STAGES, False)
+            _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, BT, BO)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+
+class HopperTile(NamedTuple):
+    """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
+    `stages` activation copies in flight."""
+    bt: int
+    bx: int
+    stages: int
+
+
+def hopper_tile(rows_per_expert: float) -> HopperTile:
+    """The tile for a mean of `rows_per_expert` rows an expert: BT the largest power of two <= the mean in 16..128,
+    BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4. The fastest or
+    within ~5% of it of every (BT, BX, STAGES) measured on one gpt-oss-20b layer on an H200 from 1 to 4096 tokens
+    (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json)."""
+    m = rows_per_expert
+    bt = 16
+    while bt < 128 and 2 * bt <= m:
+        bt *= 2
+    bx = 0 if m < 16 else (64 if m >= 512 else min(bt, 32))
+    return HopperTile(bt, bx, 3 if bt == 128 else 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_layout(rows: int):
+    """The shared-memory layout of a [rows, 64] bf16 TMA box (built once: ~5 us a call on the host)."""
+    return gl.NVMMASharedLayout.get_default_for([rows, 64], gl.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
+    """Whether these kernels run activations of `dtype` [*, d] on `device` with expert width I: bf16 on an sm_90
+    GPU (wgmma; other GPUs take moe.py's kernels), d and I multiples of 64 (one K step)."""
+    return (device.type == "cuda" and dtype == torch.bfloat16 and _capability(device) == (9, 0)
+            and d % 64 == 0 and I % 64 == 0)
+
+
+def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                     gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+                     down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+                     limit: float, alpha: float, tile: HopperTile | None = None) -> torch.Tensor:
+    """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
+    mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8), scales and biases as the
+    checkpoint stores them. `tile` overrides hopper_tile's choice (sweeps and tests)."""
+    N, d = x.shape
+    k = idx.shape[-1]
+    E, two_i = gate_up_bias.shape
+    I = two_i // 2
+    A = N * k
+    if not supported(x.device, x.dtype, d, I):
+        raise ValueError("the Hopper MoE kernels need bf16 activations on sm_90 and d, I multiples of 64")
+    for name, t in (("gate_up_proj_blocks", gate_up_blocks), ("down_proj_blocks", down_blocks),
+                    ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    bt, bx, stages = tile or hopper_tile(A / E)
+    s = moe_schedule_fused(idx, E, bt + bx)
+    bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
+    # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
+    xs = x.index_select(0, torch.div(s.order, k, rounding_mode="floor"))
+    lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
+    act = torch.empty(A, I, device=x.device, dtype=x.dtype)
+    _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
+        TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
+        s.order, s.order, gate_up_blocks.view(torch.int32), gate_up_scales, gate_up_bias, act,
+        s.tile_expert, s.tile_start, s.tile_end,
+        d, two_i, gate_up_blocks.stride(0) // 4, d // 8, gate_up_scales.stride(0), d // 32,
+        gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4)
+    y = torch.empty(A, d, device=x.device, dtype=torch.float32)
+    route_w = weight.reshape(-1).contiguous()
+    _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
+        TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
+        s.order, route_w, down_blocks.view(torch.int32), down_scales, down_bias, y,
+        s.tile_expert, s.tile_start, s.tile_end,
+        I, d, down_blocks.stride(0) // 4, I // 8, down_scales.stride(0), I // 32,
+        down_bias.stride(0), y.stride(0), 0.0, 0.0,
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4)
+    out = torch.empty(N, d, device=x.device, dtype=x.dtype)
+    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
+    return out
