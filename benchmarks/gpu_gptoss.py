@@ -50,6 +50,7 @@ GiB = 1 << 30
 SPEC_TFLOPS = 989e12  # H100/H200 SXM dense bf16 (SPEC.md)
 SPEC_BW = {"H100": 3.35e12, "H200": 4.8e12}
 DEV = "cuda"  # the GPU (a module constant so the script's logic can be dry-run on the CPU)
+TRACE_REPS = 5  # timed full traces per length (--trace-reps): host-timed, and the host's load varies
 KEEP_AT = 512  # prompt length at which our logits are kept to compare with transformers
 
 
@@ -219,7 +220,8 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
             row["lean_trace_path"] = model.last_path
             model.tokenizer = IdsOnly(ids.tolist())
             try:
-                traces = [run_trace(model, "x") for _ in range(3)]
+                traces = [run_trace(model, "x") for _ in range(TRACE_REPS + 1)]  # the first one warms up
+                row["full_trace_runs_ms"] = [round(t.seconds * 1e3, 2) for t in traces[1:]]
                 row["full_trace_ms"] = statistics.median(t.seconds for t in traces[1:]) * 1e3
                 row["full_trace_path"] = traces[-1].path
                 del traces
@@ -265,10 +267,11 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
     with torch.inference_mode():
         w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
         w = w.softmax(-1)
-        from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+        kernel = mlp._kernel(x)  # the one the model runs (moe_hopper's on an H100/H200, blocks re-arranged once)
+        out["moe_kernel"] = f"{kernel.__module__}.{kernel.__name__}"
         ex = mlp.experts
-        fast = lambda: moe_mxfp4(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,  # noqa
-                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+        fast = lambda: kernel(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,  # noqa
+                              ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
         out["moe_fast_ms"] = gpu_ms(fast, warmup=3, reps=10)
         out["moe_reference_ms"] = gpu_ms(lambda: mlp.combine(x, idx, w), warmup=1, reps=3)
         A = T * cfg.num_experts_per_tok
@@ -521,7 +524,10 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,512,1024,2048,4096")
     ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b,gpt2")
     ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
+    ap.add_argument("--trace-reps", type=int, default=5, help="timed full traces per length (median)")
     args = ap.parse_args()
+    global TRACE_REPS
+    TRACE_REPS = args.trace_reps
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     deadline = time.monotonic() + args.budget_s
     lengths = [int(t) for t in args.lengths.split(",")]

@@ -1,0 +1,106 @@
+"""kernels/moe_hopper.py (decoded MXFP4 weights as wgmma's register operand) against moe.py's tuned Triton tables
+on one full-size gpt-oss-20b MoE layer, same GPU, same run (issue 6).
+
+    python benchmarks/moe_hopper.py --out benchmarks/results/moe_hopper_h200.json
+
+Per token count: the layer with moe.py's tables, then with the Hopper kernels at the tile hopper_tile picks
+("auto") and at other tiles; each variant's output against the table's (relative Frobenius difference and largest
+absolute difference: 0 means bit-identical), the whole layer's time (CUDA events, median) and each launch's time
+(torch.profiler, mean over 5 calls, in launch order: the schedule, [the row gather], gate_up, down, the k-sum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_gptoss import gpu_ms  # noqa: E402
+from moe_variants import one_20b_layer, routed, run_moe  # noqa: E402
+
+from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
+from gptoss_viz.runtime.mxfp4 import from_hopper_order, to_hopper_order  # noqa: E402
+
+H = moe_hopper.HopperTile
+TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 4), "32+16": H(32, 16, 4),
+         "32+32": H(32, 32, 4), "64": H(64, 0, 4), "64+32": H(64, 32, 4), "128": H(128, 0, 3),
+         "128+32": H(128, 32, 3), "128+32 s4": H(128, 32, 4), "128+64": H(128, 64, 3), "256": H(256, 0, 3)}
+COUNTS = (1, 7, 128, 256, 512, 1024, 2048, 4096)
+
+
+def launches_ms(fn, reps: int = 5) -> list:
+    """[kernel name, mean GPU ms] for each launch of one call of fn, in launch order (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    evs = sorted((ev for ev in prof.events() if ev.device_type.name == "CUDA"), key=lambda ev: ev.time_range.start)
+    per = len(evs) // reps
+    return [[evs[i].name[:40], round(sum(evs[i + r * per].device_time for r in range(reps)) / reps / 1e3, 4)]
+            for i in range(per)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
+    ap.add_argument("--tiles", nargs="*", default=list(TILES))
+    args = ap.parse_args()
+    R = {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
+         "torch": torch.__version__, "triton": __import__("triton").__version__}, "counts": []}
+    cfg, mlp = one_20b_layer()
+    ex = mlp.experts
+    gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
+    assert torch.equal(from_hopper_order(gu), ex.gate_up_proj_blocks)
+    d, E, k = cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok
+    g = torch.Generator(device="cuda").manual_seed(2)
+    for T in args.counts:
+        x = torch.randn(T, d, device="cuda", generator=g).to(torch.bfloat16)
+        w, idx = routed(mlp, x)
+        rows = []
+        with torch.inference_mode():
+            table = lambda: run_moe(mlp, x, idx, w)  # noqa: E731
+            base = table()
+            rows.append({"variant": "moe.py table", "ms": gpu_ms(table, warmup=3, reps=9),
+                         "launches": launches_ms(table)})
+            for name in args.tiles:
+                tile = TILES[name]
+
+                def hop(tile=tile):
+                    return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, ex.gate_up_proj_scales, ex.gate_up_proj_bias, dn,
+                                                       ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                                                       tile=tile)
+                try:
+                    out = hop()
+                    row = {"variant": f"hopper {name}", "tile": list(tile or moe_hopper.hopper_tile(T * k / E)),
+                           "rel_diff": ((out.float() - base.float()).norm() / base.float().norm()).item(),
+                           "max_abs_diff": (out.float() - base.float()).abs().max().item()}
+                    if row["rel_diff"] < 1e-2:
+                        row.update(ms=gpu_ms(hop, warmup=3, reps=9), launches=launches_ms(hop))
+                except Exception as e:  # e.g. out of shared memory at a large tile: record, go on
+                    row = {"variant": f"hopper {name}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                rows.append(row)
+            rows.append({"variant": "moe.py table again", "ms": gpu_ms(table, warmup=3, reps=9)})
+        for r in rows:
+            mm = [round(v, 3) for n, v in r.get("launches", []) if "moe" in n or "gate" in n or "down" in n]
+            print(T, r["variant"], r.get("tile", ""), round(r.get("ms", 0), 3), "gate_up, down:", mm,
+                  "rel", r.get("rel_diff"), r.get("error", ""), flush=True)
+        R["counts"].append({"tokens": T, "rows": rows})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(R, indent=1))
+
+
+if __name__ == "__main__":
+    main()
