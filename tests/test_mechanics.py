@@ -327,7 +327,8 @@ def test_hopper_order_places_each_value_where_the_kernel_reads_it():
 
 def test_experts_in_hopper_order_compute_and_save_the_same():
     """The re-arranged blocks change nothing a user sees: the reference forward, the dequantized weights and the
-    state dict (saved in the checkpoint's order) are identical; loading a state dict resets the order."""
+    state dict (saved in the checkpoint's order) are identical, also after loading a state dict (whole or partial)
+    into the re-arranged module."""
     from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
 
     cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
@@ -347,8 +348,13 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
     assert all(torch.equal(a, b) for a, b in zip(ex.weights(2, torch.float32), w_before))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in sd.items())
-    model.load_state_dict(sd)
-    assert ex.blocks_order == "checkpoint"
+    model.load_state_dict(sd)  # keeps the Hopper order: the loaded checkpoint-order blocks are re-arranged
+    assert ex.blocks_order == "hopper"
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    partial = {"blocks.0.mlp.experts.down_proj_blocks": sd["blocks.0.mlp.experts.down_proj_blocks"]}
+    model.load_state_dict(partial, strict=False)
     with torch.no_grad():
         assert torch.equal(model(ids), before)
 

@@ -186,7 +186,8 @@ class Experts(nn.Module):
     Packed blocks are in the checkpoint's order, or (`blocks_order == "hopper"`, after `use_hopper_order`, which
     MoE does before its first Hopper kernel call) in mxfp4.to_hopper_order: the same bytes re-arranged in place for
     the sm_90 kernels. Everything that reads the weights goes through `dequantized` (which undoes it) or
-    `state_dict` (which saves the checkpoint order)."""
+    `state_dict` (which saves the checkpoint order); `load_state_dict` takes the checkpoint's order and keeps the
+    module's."""
 
     def __init__(self, cfg: GptOssConfig, packed: bool):
         super().__init__()
@@ -235,13 +236,11 @@ class Experts(nn.Module):
     @torch.no_grad()
     def use_hopper_order(self) -> None:
         """Re-arrange the packed blocks in place into mxfp4.to_hopper_order, a few experts at a time (the
-        temporaries are ~6x the blocks converted at once: ~50 MB per 20b expert, not the layer's 1.6 GB)."""
+        temporaries are ~6x the blocks converted at once, ~100 MB for 20b, not the layer's 1.6 GB)."""
         if self.blocks_order == "hopper":
             return
         for blocks in (self.gate_up_proj_blocks, self.down_proj_blocks):
-            step = max(1, (16 << 20) // blocks[0].numel())
-            for e in range(0, blocks.shape[0], step):
-                blocks[e:e + step].copy_(to_hopper_order(blocks[e:e + step]))
+            _to_hopper_order_in_place(blocks)
         self.blocks_order = "hopper"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -252,7 +251,10 @@ class Experts(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.blocks_order = "checkpoint"  # state dicts hold the checkpoint's order
+        if self.packed and self.blocks_order == "hopper":  # state dicts hold the checkpoint's order
+            for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+                if prefix + name in state_dict:  # (a partial load leaves the other in the Hopper order)
+                    _to_hopper_order_in_place(getattr(self, name))
 
     def expert(self, e: int, x: torch.Tensor, w1: torch.Tensor | None = None,
                w2: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,6 +267,14 @@ class Experts(nn.Module):
 
 
 DEQUANT_CHUNK_BYTES = 64 << 20  # most dequantized expert weight bytes held at once
+
+
+@torch.no_grad()
+def _to_hopper_order_in_place(blocks: torch.Tensor) -> None:
+    """blocks [E, ...] from the checkpoint's order into mxfp4.to_hopper_order, in place, 16 MB of blocks at a time."""
+    step = max(1, (16 << 20) // blocks[0].numel())
+    for e in range(0, blocks.shape[0], step):
+        blocks[e:e + step].copy_(to_hopper_order(blocks[e:e + step]))
 
 
 class MoE(nn.Module):
