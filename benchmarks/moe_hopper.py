@@ -36,6 +36,21 @@ TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 
 COUNTS = (1, 7, 128, 256, 512, 1024, 2048, 4096)
 
 
+def header() -> dict:
+    """The results' date and versions."""
+    return {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__, "triton": __import__("triton").__version__}}
+
+
+def hopper_layer():
+    """(config, MoE module, gate_up and down blocks in the Hopper order) of one 20b layer, random weights."""
+    cfg, mlp = one_20b_layer()
+    ex = mlp.experts
+    gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
+    assert torch.equal(from_hopper_order(gu), ex.gate_up_proj_blocks)
+    return cfg, mlp, gu, dn
+
+
 def launches_ms(fn, reps: int = 5) -> list:
     """[kernel name, mean GPU ms] for each launch of one call of fn, in launch order (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -58,12 +73,9 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
     ap.add_argument("--tiles", nargs="*", default=list(TILES))
     args = ap.parse_args()
-    R = {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
-         "torch": torch.__version__, "triton": __import__("triton").__version__}, "counts": []}
-    cfg, mlp = one_20b_layer()
+    R = {**header(), "counts": []}
+    cfg, mlp, gu, dn = hopper_layer()
     ex = mlp.experts
-    gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
-    assert torch.equal(from_hopper_order(gu), ex.gate_up_proj_blocks)
     d, E, k = cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok
     g = torch.Generator(device="cuda").manual_seed(2)
     for T in args.counts:

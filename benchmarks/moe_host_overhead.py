@@ -10,7 +10,6 @@ wall time of those calls / N; the GPU queue is drained before each part.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -22,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from moe_variants import one_20b_layer, routed, run_moe  # noqa: E402
+from moe_hopper import header, hopper_layer  # noqa: E402
+from moe_variants import routed, run_moe  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused  # noqa: E402
-from gptoss_viz.runtime.mxfp4 import to_hopper_order  # noqa: E402
 
 
 def host_us(fn, n: int = 300) -> float:
@@ -46,11 +45,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", type=int, nargs="*", default=[1, 1024])
     args = ap.parse_args()
-    R = {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
-         "torch": torch.__version__, "triton": __import__("triton").__version__}, "rows": []}
-    cfg, mlp = one_20b_layer()
+    R = {**header(), "rows": []}
+    cfg, mlp, gu, dn = hopper_layer()
     ex = mlp.experts
-    gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
     E, k = cfg.num_local_experts, cfg.num_experts_per_tok
     for T in args.tokens:
         x = torch.randn(T, cfg.hidden_size, device="cuda").to(torch.bfloat16)
