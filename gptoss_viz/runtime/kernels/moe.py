@@ -50,9 +50,11 @@ import triton.language as tl
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
 
 
-def _decode_asm(one_multiply: bool) -> str:
+def _decode_asm(one_multiply: bool, shared_scale: bool = False) -> str:
     """PTX for _decode_bf16x2: four bytes (one register, $4) and their four scales ($5) -> four registers of two
     bf16 each ($0, $1: the low nibbles of bytes 0-1 and 2-3; $2, $3: the high nibbles).
+    shared_scale (moe_hopper.py's form): the four bytes share one scale ($9, spread once), the byte register is $8,
+    and each result register is split into two 16-bit outputs ($0-$7, the same values in the same order).
 
     prmt spreads bytes b0, b1 into the two 16-bit halves of a word t; shifting t left by 6 (low nibbles) or 2 (high
     nibbles) puts a nibble's e1 e0 m bits at 8..6, and by 6 more its sign bit at 15; one lop3 ((a & c) | (b & ~c),
@@ -60,19 +62,29 @@ def _decode_asm(one_multiply: bool) -> str:
     is a bf16 subnormal, which PTX's bf16 multiply keeps). Then either two bf16x2 multiplies, by 2^126 and by
     2^(scale - 127) (bf16 bits scale << 7; exact for scales 1..252, inf for the largest codes from 253 on, as in
     fp32), or one by 2^(scale - 1) (bf16 bits (scale + 126) << 7, a bf16 number only for scales 0..128)."""
-    lines = [".reg .b32 t01, t23, s01, s23, u, v, m, two126;", "mov.b32 m, 0x01C001C0;", "mov.b32 two126, 0x7E807E80;",
-             "prmt.b32 t01, $4, 0, 0x4140;", "prmt.b32 t23, $4, 0, 0x4342;",
-             "prmt.b32 s01, $5, 0, 0x4140;", "prmt.b32 s23, $5, 0, 0x4342;"]
-    for sc in ("s01", "s23"):
+    byte, scale = ("$8", "$9") if shared_scale else ("$4", "$5")
+    if shared_scale:
+        scales = {"sc": "0x4040"}  # the one scale in both halves
+        per_out = ("sc",) * 4
+    else:
+        scales = {"s01": "0x4140", "s23": "0x4342"}  # the scales of bytes 0-1, 2-3
+        per_out = ("s01", "s23", "s01", "s23")
+    lines = [f".reg .b32 t01, t23, {', '.join(scales)}, u, v, m, two126;", "mov.b32 m, 0x01C001C0;",
+             "mov.b32 two126, 0x7E807E80;", f"prmt.b32 t01, {byte}, 0, 0x4140;", f"prmt.b32 t23, {byte}, 0, 0x4342;"]
+    lines += [f"prmt.b32 {sc}, {scale}, 0, {sel};" for sc, sel in scales.items()]
+    for sc in scales:
         if one_multiply:
             lines.append(f"add.u32 {sc}, {sc}, 0x007E007E;")
         lines.append(f"shl.b32 {sc}, {sc}, 7;")
-    for out, (t, sc, shift) in enumerate((("t01", "s01", 6), ("t23", "s23", 6), ("t01", "s01", 2), ("t23", "s23", 2))):
+    for out, ((t, shift), sc) in enumerate(zip((("t01", 6), ("t23", 6), ("t01", 2), ("t23", 2)), per_out)):
         lines += [f"shl.b32 u, {t}, {shift};", f"shl.b32 v, {t}, {shift + 6};", "lop3.b32 u, u, v, m, 0xE4;",
                   "and.b32 u, u, 0x81C081C0;"]
         if not one_multiply:
             lines.append("mul.rn.bf16x2 u, u, two126;")
-        lines.append(f"mul.rn.bf16x2 ${out}, u, {sc};")
+        if shared_scale:
+            lines += [f"mul.rn.bf16x2 u, u, {sc};", f"mov.b32 {{${2 * out}, ${2 * out + 1}}}, u;"]
+        else:
+            lines.append(f"mul.rn.bf16x2 ${out}, u, {sc};")
     return "{\n" + "\n".join(lines) + "\n}"
 
 

@@ -36,27 +36,14 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
-from gptoss_viz.runtime.kernels.moe import _sum_slots_kernel
+from gptoss_viz.runtime.kernels.moe import _decode_asm, _sum_slots_kernel
 
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
 
 
-def _decode_word_asm() -> str:
-    """PTX: one 32-bit word of four packed bytes ($8) and their shared E8M0 scale ($9) -> eight bf16 ($0-$7, in
-    pairs: the low nibbles of bytes 0 and 1, of bytes 2 and 3, then the high nibbles of bytes 0 and 1, 2 and 3).
-    moe._decode_asm's bit trick (the same bits, the same two multiplies), the scale spread once for four bytes, and
-    each pair computed in one 32-bit register (the A-operand register wgmma takes)."""
-    lines = [".reg .b32 t01, t23, sc, u, v, m, two126;", "mov.b32 m, 0x01C001C0;", "mov.b32 two126, 0x7E807E80;",
-             "prmt.b32 t01, $8, 0, 0x4140;", "prmt.b32 t23, $8, 0, 0x4342;",
-             "prmt.b32 sc, $9, 0, 0x4040;", "shl.b32 sc, sc, 7;"]
-    for out, (t, shift) in enumerate((("t01", 6), ("t23", 6), ("t01", 2), ("t23", 2))):
-        lines += [f"shl.b32 u, {t}, {shift};", f"shl.b32 v, {t}, {shift + 6};", "lop3.b32 u, u, v, m, 0xE4;",
-                  "and.b32 u, u, 0x81C081C0;", "mul.rn.bf16x2 u, u, two126;", "mul.rn.bf16x2 u, u, sc;",
-                  f"mov.b32 {{${2 * out}, ${2 * out + 1}}}, u;"]
-    return "{\n" + "\n".join(lines) + "\n}"
-
-
-_DECODE_WORD_ASM = gl.constexpr(_decode_word_asm())
+# one 32-bit word of four packed bytes ($8) and their shared scale ($9) -> eight bf16 ($0-$7, in pairs: the low
+# nibbles of bytes 0 and 1, of bytes 2 and 3, then the high nibbles), each pair computed in one 32-bit register
+_DECODE_WORD_ASM = gl.constexpr(_decode_asm(one_multiply=False, shared_scale=True))
 
 
 @gluon.constexpr_function
