@@ -104,6 +104,33 @@ def moe_exact(moe: MoE, x, idx, weight) -> torch.Tensor:
     return out
 
 
+def routed_inputs(N: int, d: int, E: int, k: int):
+    """x [N, d], idx [N, k] (k distinct experts a token; every expert gets a token when N * k >= E, token e // k
+    being sent to expert e, so all are checked) and routing weights [N, k]."""
+    g = torch.Generator(device=DEVICE).manual_seed(1000 + N)
+    x = torch.randn(N, d, generator=g, device=DEVICE).to(DTYPE)
+    logits = torch.randn(N, E, generator=g, device=DEVICE)
+    if N * k >= E:
+        e = torch.arange(E, device=DEVICE)
+        logits[e // k, e] += 100.0
+    idx = logits.topk(k, -1).indices
+    weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
+    return x, idx, weight
+
+
+def skewed_case():
+    """(moe, x, idx, weight): all tokens on a few experts (several tiles for one expert, most experts empty), inputs
+    large enough to hit the SwiGLU clamp."""
+    d, I, E, k, N = (2880, 2880, 32, 4, 300) if CUDA else (64, 32, 8, 2, 60)
+    moe = random_moe(d, I, E, k, seed=7)
+    g = torch.Generator(device=DEVICE).manual_seed(7)
+    x = (3 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
+    idx = torch.arange(k, device=DEVICE).repeat(N, 1)  # experts 0..k-1 for every token
+    idx[::3] = torch.arange(E - k, E, device=DEVICE)
+    weight = torch.full((N, k), 1.0 / k, device=DEVICE, dtype=DTYPE)
+    return moe, x, idx, weight
+
+
 MOE_CASES = ([(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, n) for n in (5, 129)]
              if CUDA else [(64, 32, 8, 2, n) for n in (1, 7, 37)])
 
@@ -133,14 +160,7 @@ def test_mxfp4_moe_matches_dequantized_matmul(d, I, E, k, N, variant):
     from gptoss_viz.runtime.kernels.moe import moe_mxfp4
 
     moe = random_moe(d, I, E, k, seed=N)
-    g = torch.Generator(device=DEVICE).manual_seed(1000 + N)
-    x = torch.randn(N, d, generator=g, device=DEVICE).to(DTYPE)
-    logits = torch.randn(N, E, generator=g, device=DEVICE)
-    if N * k >= E:  # every expert gets at least one token (token e // k is sent to expert e), so all are checked
-        e = torch.arange(E, device=DEVICE)
-        logits[e // k, e] += 100.0
-    idx = logits.topk(k, -1).indices  # k distinct experts per token
-    weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
+    x, idx, weight = routed_inputs(N, d, E, k)
     ex = moe.experts
     configs, decode = MOE_VARIANTS[variant]()
     if decode and not CUDA:
@@ -194,13 +214,7 @@ def test_mxfp4_moe_skewed_routing(variant):
     sub-tiles), and every E2M1 code."""
     from gptoss_viz.runtime.kernels.moe import moe_mxfp4
 
-    d, I, E, k, N = (2880, 2880, 32, 4, 300) if CUDA else (64, 32, 8, 2, 60)
-    moe = random_moe(d, I, E, k, seed=7)
-    g = torch.Generator(device=DEVICE).manual_seed(7)
-    x = (3 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)  # large enough to hit the SwiGLU clamp
-    idx = torch.arange(k, device=DEVICE).repeat(N, 1)  # experts 0..k-1 for every token
-    idx[::3] = torch.arange(E - k, E, device=DEVICE)
-    weight = torch.full((N, k), 1.0 / k, device=DEVICE, dtype=DTYPE)
+    moe, x, idx, weight = skewed_case()
     ex = moe.experts
     configs, decode = MOE_VARIANTS[variant]()
     fast = moe_mxfp4(x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
@@ -251,14 +265,7 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
     from gptoss_viz.runtime.kernels.moe import moe_mxfp4
 
     moe = random_moe(d, I, E, k, seed=N)
-    g = torch.Generator(device=DEVICE).manual_seed(1000 + N)
-    x = torch.randn(N, d, generator=g, device=DEVICE).to(DTYPE)
-    logits = torch.randn(N, E, generator=g, device=DEVICE)
-    if N * k >= E:
-        e = torch.arange(E, device=DEVICE)
-        logits[e // k, e] += 100.0
-    idx = logits.topk(k, -1).indices
-    weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
+    x, idx, weight = routed_inputs(N, d, E, k)
     fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)
@@ -275,13 +282,7 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
 @pytest.mark.parametrize("tile", ["auto", "16+16", "128+32", "128+64"])
 def test_hopper_moe_skewed_routing(tile):
     """All tokens on a few experts: many tiles for one expert, tiles with and without overflow rows, empty experts."""
-    d, I, E, k, N = 2880, 2880, 32, 4, 300
-    moe = random_moe(d, I, E, k, seed=7)
-    g = torch.Generator(device=DEVICE).manual_seed(7)
-    x = (3 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
-    idx = torch.arange(k, device=DEVICE).repeat(N, 1)
-    idx[::3] = torch.arange(E - k, E, device=DEVICE)
-    weight = torch.full((N, k), 1.0 / k, device=DEVICE, dtype=DTYPE)
+    moe, x, idx, weight = skewed_case()
     fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)
