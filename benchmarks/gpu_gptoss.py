@@ -50,7 +50,6 @@ GiB = 1 << 30
 SPEC_TFLOPS = 989e12  # H100/H200 SXM dense bf16 (SPEC.md)
 SPEC_BW = {"H100": 3.35e12, "H200": 4.8e12}
 DEV = "cuda"  # the GPU (a module constant so the script's logic can be dry-run on the CPU)
-TRACE_REPS = 5  # timed full traces per length (--trace-reps): host-timed, and the host's load varies
 KEEP_AT = 512  # prompt length at which our logits are kept to compare with transformers
 
 
@@ -194,7 +193,7 @@ def lean_names(L: int) -> list[str]:
 
 
 def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: float, reference_at=1024,
-                  keep_logits_at=None) -> dict:
+                  keep_logits_at=None, trace_reps: int = 5) -> dict:
     """Per prompt length: forward, lean trace, full trace (time and peak memory); returns kept logits."""
     from gptoss_viz.trace import run_trace
 
@@ -220,7 +219,8 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
             row["lean_trace_path"] = model.last_path
             model.tokenizer = IdsOnly(ids.tolist())
             try:
-                traces = [run_trace(model, "x") for _ in range(TRACE_REPS + 1)]  # the first one warms up
+                # the first warms up; run_trace times itself on the host, whose load varies: a median of several
+                traces = [run_trace(model, "x") for _ in range(trace_reps + 1)]
                 row["full_trace_runs_ms"] = [round(t.seconds * 1e3, 2) for t in traces[1:]]
                 row["full_trace_ms"] = statistics.median(t.seconds for t in traces[1:]) * 1e3
                 row["full_trace_path"] = traces[-1].path
@@ -324,7 +324,7 @@ def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
     log.info("%s", json.dumps(out))
 
 
-def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
+def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, trace_reps: int = 5) -> dict:
     R["ours20b"] = R20 = {}
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -338,9 +338,11 @@ def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
                                       for _, s, dt in tensor_plan(model.config))
     cfg = model.config
     from gptoss_viz.runtime.kernels import moe as kmoe  # the tables come from benchmarks/moe_variants.py
-    R20["moe_configs_used"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
-                               "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
-    kept = measure_model(model, cfg, lengths, R20, R["ceilings"], deadline, keep_logits_at=KEEP_AT)
+    # moe.py's tiles, used where moe_hopper's kernels do not run (layer_microbench's moe_kernel says which ran)
+    R20["moe_py_tables"] = {"gate_up": {str(k): v for k, v in kmoe.GATE_UP_CONFIGS.items()},
+                            "down": {str(k): v for k, v in kmoe.DOWN_CONFIGS.items()}}
+    kept = measure_model(model, cfg, lengths, R20, R["ceilings"], deadline, keep_logits_at=KEEP_AT,
+                         trace_reps=trace_reps)
     if time.monotonic() < deadline:
         try:
             divergence(model, cfg, R20)
@@ -355,7 +357,7 @@ def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float) -> dict:
     return kept
 
 
-def phase_oss120b(R: dict, deadline: float) -> None:
+def phase_oss120b(R: dict, deadline: float, trace_reps: int = 5) -> None:
     R["oss120b"] = R120 = {}
     cfg = gptoss_config("120b")
     t0 = time.perf_counter()
@@ -364,7 +366,8 @@ def phase_oss120b(R: dict, deadline: float) -> None:
     R120["build_seconds"] = time.perf_counter() - t0
     R120["how"] = "random weights built directly in GPU memory (random_packed_model): 65 GB exceeds the disk"
     model.tokenizer = None
-    measure_model(model, cfg, [1024, 2048], R120, R["ceilings"], deadline, reference_at=None)
+    measure_model(model, cfg, [1024, 2048], R120, R["ceilings"], deadline, reference_at=None,
+                  trace_reps=trace_reps)
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -526,8 +529,6 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
     ap.add_argument("--trace-reps", type=int, default=5, help="timed full traces per length (median)")
     args = ap.parse_args()
-    global TRACE_REPS
-    TRACE_REPS = args.trace_reps
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     deadline = time.monotonic() + args.budget_s
     lengths = [int(t) for t in args.lengths.split(",")]
@@ -556,8 +557,8 @@ def main() -> None:
     run("ceilings", phase_ceilings, R)
     if "gen20b" in args.phases and not (ckpt / "model.safetensors.index.json").is_file():
         run("gen20b", phase_gen20b, R, ckpt)
-    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline) or {}
-    run("oss120b", phase_oss120b, R, deadline)
+    kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline, args.trace_reps) or {}
+    run("oss120b", phase_oss120b, R, deadline, args.trace_reps)
     run("hf20b", phase_hf20b, R, ckpt, lengths, deadline, kept)
     run("gpt2", phase_gpt2, R)
     out.write_text(json.dumps(R, indent=2) + "\n")
