@@ -273,22 +273,27 @@ def _moe_hopper_kernel(a_desc, x_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr,
 
 class HopperTile(NamedTuple):
     """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
-    `stages` activation copies in flight."""
+    `stages` activation copies in flight, at most `maxnreg` registers a thread (0: ptxas's choice)."""
     bt: int
     bx: int
     stages: int
+    maxnreg: int = 0
 
 
 def hopper_tile(rows_per_expert: float) -> HopperTile:
     """The tile for a mean of `rows_per_expert` rows an expert: BT the largest power of two <= the mean in 16..128,
-    BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4. The fastest or
-    within ~5% of it of every (BT, BX, STAGES) measured on one gpt-oss-20b layer on an H200 from 1 to 4096 tokens
-    (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json)."""
+    BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4; for BT 64 two
+    stages and at most 128 registers a thread (ptxas's own choice, 140, leaves room for 3 programs of 128 threads
+    an SM, 128 for 4; with 4 stages the cap gained nothing, so shared memory then held it to 3): 23% less time at
+    512 tokens. The fastest or within ~5% of it of every (BT, BX, STAGES, registers) measured on one gpt-oss-20b
+    layer on an H200 from 1 to 4096 tokens (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json)."""
     m = rows_per_expert
     bt = 16
     while bt < 128 and 2 * bt <= m:
         bt *= 2
     bx = 0 if m < 16 else (64 if m >= 512 else min(bt, 32))
+    if bt == 64:
+        return HopperTile(bt, bx, 2, maxnreg=128)
     return HopperTile(bt, bx, 3 if bt == 128 else 4)
 
 
@@ -328,7 +333,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages = tile or hopper_tile(A / E)
+    bt, bx, stages, maxnreg = tile or hopper_tile(A / E)
+    regs = {"maxnreg": maxnreg} if maxnreg else {}
     s = moe_schedule_fused(idx, E, bt + bx)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
@@ -341,7 +347,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         s.tile_expert, s.tile_start, s.tile_end,
         d, two_i, gate_up_blocks.stride(0) // 4, d // 8, gate_up_scales.stride(0), d // 32,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
     _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
@@ -350,7 +356,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         s.tile_expert, s.tile_start, s.tile_end,
         I, d, down_blocks.stride(0) // 4, I // 8, down_scales.stride(0), I // 32,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     out = torch.empty(N, d, device=x.device, dtype=x.dtype)
     _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
     return out
