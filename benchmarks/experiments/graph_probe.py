@@ -2,9 +2,9 @@
 (captured once per length), same run; the replay's logits against the eager ones. Development probe (issue 6)."""
 
 import json
+import sys
 import time
 import traceback
-import sys
 from pathlib import Path
 
 import torch

@@ -1,6 +1,7 @@
 """Host time of each launch of one 20b layer at 1024 tokens (perf_counter over 50 calls, GPU queue not full),
 for the launch-cost work of issue 6. Development probe."""
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,6 @@ def main() -> None:
     from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
     from gptoss_viz.runtime.kernels.fused import moe_schedule_fused, rms_norm_fused, rope_fused
     from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
-
-    import dataclasses
 
     cfg = gptoss_config("20b")
     cfg = dataclasses.replace(cfg, num_hidden_layers=2, layer_types=cfg.layer_types[:2])
@@ -77,10 +76,6 @@ def main() -> None:
             print(f"{name:32s} {host_us(fn):8.1f} us", flush=True)
 
 
-if __name__ == "__main__" and "--launch" not in sys.argv:
-    main()
-
-
 def launch_probe() -> None:
     """One Triton launch through JITFunction.run against the compiled kernel's own launcher."""
     from triton import knobs
@@ -112,5 +107,5 @@ def launch_probe() -> None:
     print("direct equals jit:", torch.equal(out, ref))
 
 
-if __name__ == "__main__" and "--launch" in sys.argv:
-    launch_probe()
+if __name__ == "__main__":
+    launch_probe() if "--launch" in sys.argv else main()
