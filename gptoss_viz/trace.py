@@ -355,7 +355,14 @@ def _stats_kernel_ok(q: torch.Tensor) -> bool:
 def top_predictions(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int = 256):
     """Top-k next tokens and their probabilities, [T, k] each. The top k of the logits are the top k of the
     softmax (it is monotonic in each row), so topk runs on the logits as they are; each row's logsumexp comes in
-    fp32 a few rows at a time: a whole fp32 copy of gpt-oss logits is 1.6 GB at 2048 tokens (T x 201088 x 4)."""
+    fp32 a few rows at a time: a whole fp32 copy of gpt-oss logits is 1.6 GB at 2048 tokens (T x 201088 x 4).
+    On CUDA a Triton kernel (kernels/fused.py: top_predictions_fused) computes both in one read of the logits."""
+    from gptoss_viz.runtime.kernels import available
+
+    if logits.is_cuda and available(logits.device):
+        from gptoss_viz.runtime.kernels.fused import top_predictions_fused
+
+        return top_predictions_fused(logits, k)
     top, ids = logits.topk(k, dim=-1)
     lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(rows)])
     return (top.float() - lse[:, None]).exp(), ids

@@ -438,6 +438,25 @@ def test_rms_norm_fused_matches_reference(residual):
 
 
 @interpretable
+@pytest.mark.parametrize("V", (50, 4096, 10000))
+def test_top_predictions_fused_matches_topk_and_softmax(V):
+    """The same top-k probabilities, to fp32 rounding, as topk over the fp32 softmax, and ids that hold them (bf16
+    logits tie often; equal ones may come in either order, as with torch.topk); a row of -inf but one logit."""
+    from gptoss_viz.runtime.kernels.fused import top_predictions_fused
+
+    g = torch.Generator(device=DEVICE).manual_seed(V)
+    logits = (4 * torch.randn(37, V, generator=g, device=DEVICE)).to(DTYPE)
+    logits[3] = float("-inf")
+    logits[3, V // 2] = 1.0
+    p, ids = top_predictions_fused(logits, 5, chunk=4096 if CUDA else 256)
+    ref = logits.float().softmax(-1)
+    ref_p = ref.topk(5, dim=-1).values
+    assert torch.allclose(p, ref_p, rtol=1e-5, atol=1e-7), "top-k probabilities differ"
+    assert torch.allclose(ref.gather(-1, ids), ref_p, rtol=1e-5, atol=1e-7), "ids do not hold the top-k values"
+    assert (ids[3, 0] == V // 2) and p[3, 0].item() == 1.0 and (p[3, 1:] == 0).all(), "the one finite logit"
+
+
+@interpretable
 @pytest.mark.parametrize("E,k,N,bm", [(32, 4, 1, 16), (32, 4, 1024, 128), (128, 4, 333, 32), (8, 2, 37, 16)])
 def test_schedule_kernel_equals_torch_schedule(E, k, N, bm):
     from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
