@@ -363,6 +363,11 @@ def top_predictions(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int 
         from gptoss_viz.runtime.kernels.fused import top_predictions_fused
 
         return top_predictions_fused(logits, k)
+    return top_predictions_torch(logits, k, rows)
+
+
+def top_predictions_torch(logits: torch.Tensor, k: int = TOP_K_PREDICTIONS, rows: int = 256):
+    """top_predictions in plain torch (every device): topk on the logits, logsumexp in fp32 `rows` rows at a time."""
     top, ids = logits.topk(k, dim=-1)
     lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(rows)])
     return (top.float() - lse[:, None]).exp(), ids

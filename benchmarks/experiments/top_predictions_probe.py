@@ -14,12 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_gptoss import gpu_ms  # noqa: E402
 
 from gptoss_viz.runtime.kernels.fused import top_predictions_fused  # noqa: E402
-
-
-def torch_top(logits, k=5, rows=256):  # trace.top_predictions' CPU path, as it ran on the GPU before
-    top, ids = logits.topk(k, dim=-1)
-    lse = torch.cat([chunk.float().logsumexp(-1) for chunk in logits.split(rows)])
-    return (top.float() - lse[:, None]).exp(), ids
+from gptoss_viz.trace import top_predictions_torch as torch_top  # noqa: E402  (what ran on the GPU before)
 
 
 R = {"gpu": torch.cuda.get_device_name(), "rows": []}
