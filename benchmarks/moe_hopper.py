@@ -39,6 +39,14 @@ TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 
 COUNTS = (1, 7, 128, 256, 512, 768, 1024, 2048, 4096)
 
 
+def variant(name: str, rows_per_expert: float):
+    """A --tiles name -> HopperTile: a TILES key ("auto": hopper_tile's choice), optionally followed by " wtma0"
+    (the weight words loaded into registers by each thread instead of by TMA)."""
+    base, _, flag = name.partition(" wtma0")
+    tile = TILES[base.strip()] or moe_hopper.hopper_tile(rows_per_expert)
+    return tile._replace(wtma=0) if name.endswith(" wtma0") else tile
+
+
 def header() -> dict:
     """The results' date and versions."""
     return {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
@@ -74,7 +82,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
-    ap.add_argument("--tiles", nargs="*", default=list(TILES))
+    ap.add_argument("--tiles", nargs="*", default=list(TILES),
+                    help='TILES keys, each optionally followed by " wtma0" (one argument, quoted)')
     args = ap.parse_args()
     R = {**header(), "counts": []}
     cfg, mlp, gu, dn = hopper_layer()
@@ -91,7 +100,7 @@ def main() -> None:
             rows.append({"variant": "moe.py table", "ms": gpu_ms(table, warmup=3, reps=9),
                          "launches": launches_ms(table)})
             for name in args.tiles:
-                tile = TILES[name]
+                tile = variant(name, T * k / E)
 
                 def hop(tile=tile):
                     return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, ex.gate_up_proj_scales, ex.gate_up_proj_bias, dn,
@@ -99,7 +108,7 @@ def main() -> None:
                                                        tile=tile)
                 try:
                     out = hop()
-                    row = {"variant": f"hopper {name}", "tile": list(tile or moe_hopper.hopper_tile(T * k / E)),
+                    row = {"variant": f"hopper {name}", "tile": list(tile),
                            "rel_diff": ((out.float() - base.float()).norm() / base.float().norm()).item(),
                            "max_abs_diff": (out.float() - base.float()).abs().max().item()}
                     if row["rel_diff"] < 1e-2:

@@ -187,6 +187,109 @@ def _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, 
     return acc, acc2
 
 
+
+# ---- weights by TMA: each K step's packed words of the program's 64 weight rows come into the stage with the
+# activation rows ([64, 8] int32 box over the blocks viewed as [E * N, K / 8]); each thread then reads its own
+# fragment's two words a row from shared memory (the box is row-major: row r's words at 8r .. 8r + 7, which is
+# the offset of [r, t, p] in a plain [64, 4, 2] view), instead of loading them from global memory into registers
+# two steps ahead (whose per-thread addressing and loads cost more than the decode's arithmetic:
+# benchmarks/experiments/moe_ablate.py)
+
+@gluon.jit
+def _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, kstep, num_k,
+                 STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr):
+    """TMA copies of step kstep into its stage: the activation rows as _issue_rows and the weight words
+    [64 rows from wrow, 8 words], all on the stage's barrier (nothing past the last step)."""
+    st = kstep % STAGES
+    live = kstep < num_k
+    if EXTRA:
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes +
+                        w_desc.block_type.nbytes, pred=live)
+        tma.async_copy_global_to_shared(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
+                                        pred=live)
+    else:
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=live)
+    tma.async_copy_global_to_shared(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
+    tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
+
+
+@gluon.jit
+def _smem_words(w_smem, st, BO: gl.constexpr, WL: gl.constexpr):
+    """Stage st's weight words as [BO, 4 (t), 2 (p)] int32 in WL."""
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+    return w_smem.index(st)._reinterpret(gl.int32, [BO, 4, 2], PLAIN).load(WL)
+
+
+@gluon.jit
+def _step_w(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
+            USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
+            AL2: gl.constexpr):
+    """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
+    (its stage, words included, is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
+    if EXTRA:
+        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+    else:
+        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
+    gl.thread_barrier()
+    _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, k + STAGES - 1, num_k,
+                 STAGES, BT, EXTRA)
+    st = k % STAGES
+    acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
+    if EXTRA:
+        acc2 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc2,
+                                    use_acc=USE_ACC, is_async=True)
+    return acc, acc2
+
+
+@gluon.jit
+def _decode_step(k, w_smem, ready, s0, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
+                 WL: gl.constexpr):
+    """Wait for step k's stage, decode its words with scales s0."""
+    st = k % STAGES
+    mbarrier.wait(ready.index(st), (k // STAGES) & 1)
+    return _decode(_smem_words(w_smem, st, BO, WL), s0, BO, AL, WL)
+
+
+@gluon.jit
+def _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask, num_k,
+              stride_sn, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
+              EXTRA: gl.constexpr):
+    """_k_loop with the weight words by TMA (the scales still two steps ahead in registers)."""
+    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
+    ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
+    AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
+    AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
+    WL: gl.constexpr = _word_layout(BO)
+    for i in gl.static_range(STAGES - 1):
+        _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, i, num_k, STAGES, BT,
+                     EXTRA)
+    s0 = _load_scales(scl, rn, n_mask, 0, num_k, stride_sn, WL)
+    s1 = _load_scales(scl, rn, n_mask, 1, num_k, stride_sn, WL)
+    acc = gl.zeros([BO, BT], gl.float32, ACC)
+    acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
+    wa = _decode_step(0, w_smem, ready, s0, STAGES, BO, AL, WL)
+    s0, s1 = s1, _load_scales(scl, rn, n_mask, 2, num_k, stride_sn, WL)
+    acc, acc2 = _step_w(0, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
+                        False, STAGES, BT, EXTRA, AL2)
+    for k in range(1, num_k - 1, 2):
+        wb = _decode_step(k, w_smem, ready, s0, STAGES, BO, AL, WL)
+        s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 2, num_k, stride_sn, WL)
+        acc, acc2 = _step_w(k, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready,
+                            num_k, True, STAGES, BT, EXTRA, AL2)
+        wa = _decode_step(k + 1, w_smem, ready, s0, STAGES, BO, AL, WL)
+        s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 3, num_k, stride_sn, WL)
+        acc, acc2 = _step_w(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
+                            ready, num_k, True, STAGES, BT, EXTRA, AL2)
+    if num_k % 2 == 0:  # one step left
+        wb = _decode_step(num_k - 1, w_smem, ready, s0, STAGES, BO, AL, WL)
+        acc, acc2 = _step_w(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
+                            ready, num_k, True, STAGES, BT, EXTRA, AL2)
+    if EXTRA:
+        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+    else:
+        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
+    return acc, acc2
+
 @gluon.jit
 def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase, stride_om,
               limit, alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BO: gl.constexpr):
@@ -226,12 +329,12 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 
 
 @gluon.jit
-def _moe_hopper_kernel(a_desc, x_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
+def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
                    tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                    K, N, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
-                   BO: gl.constexpr, STAGES: gl.constexpr):
+                   BO: gl.constexpr, STAGES: gl.constexpr, WTMA: gl.constexpr):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
@@ -252,19 +355,30 @@ def _moe_hopper_kernel(a_desc, x_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr,
         num_k = K // 64
         a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
         x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
+        if WTMA:
+            w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BO, 8], w_desc.layout)
+            wrow = e.to(gl.int32) * N + pid_n * BO
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
         if end - start > BT:
-            acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn,
-                                stride_sn, BO, BT, BX, STAGES, True)
+            if WTMA:
+                acc, acc2 = _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn,
+                                      n_mask, num_k, stride_sn, BO, BT, BX, STAGES, True)
+            else:
+                acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k,
+                                    stride_bn, stride_sn, BO, BT, BX, STAGES, True)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
             _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BX, BO)
         else:
-            acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn,
-                                stride_sn, BO, BT, BX, STAGES, False)
+            if WTMA:
+                acc, acc2 = _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn,
+                                      n_mask, num_k, stride_sn, BO, BT, BX, STAGES, False)
+            else:
+                acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k,
+                                    stride_bn, stride_sn, BO, BT, BX, STAGES, False)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
         for i in gl.static_range(STAGES):
@@ -278,23 +392,29 @@ class HopperTile(NamedTuple):
     bx: int
     stages: int
     maxnreg: int = 0
+    wtma: int = 1
 
 
 def hopper_tile(rows_per_expert: float) -> HopperTile:
     """The tile for a mean of `rows_per_expert` rows an expert: BT the largest power of two <= the mean in 16..128,
-    BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4; for BT 64 two
+    BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4; for BT 64 three
     stages and at most 128 registers a thread (ptxas's own choice, 140, leaves room for 3 programs of 128 threads
-    an SM, 128 for 4; with 4 stages the cap gained nothing, so shared memory then held it to 3): 23% less time at
-    512 tokens. The fastest or within ~5% of it of every (BT, BX, STAGES, registers) measured on one gpt-oss-20b
-    layer on an H200 from 1 to 4096 tokens (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json)."""
+    an SM, 128 for 4): 23% less time at 512 tokens than 4 stages uncapped, and with the weight words coming by TMA
+    into the stages, 3 stages beat 2 by 15% (gate_up 0.223 against 0.263 ms). The fastest or within ~5% of it of
+    every (BT, BX, STAGES, registers) measured on one gpt-oss-20b layer on an H200 from 1 to 4096 tokens
+    (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json, moe_hopper_dev_wtma.json)."""
     m = rows_per_expert
     bt = 16
     while bt < 128 and 2 * bt <= m:
         bt *= 2
     bx = 0 if m < 16 else (64 if m >= 512 else min(bt, 32))
     if bt == 64:
-        return HopperTile(bt, bx, 2, maxnreg=128)
+        return HopperTile(bt, bx, 3, maxnreg=128)
     return HopperTile(bt, bx, 3 if bt == 128 else 4)
+
+
+# the shared-memory layout of a step's weight words, [BO rows, 8 int32], row-major (TMA without swizzling)
+_WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -333,7 +453,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages, maxnreg = tile or hopper_tile(A / E)
+    bt, bx, stages, maxnreg, wtma = tile or hopper_tile(A / E)
     regs = {"maxnreg": maxnreg} if maxnreg else {}
     s = moe_schedule_fused(idx, E, bt + bx)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
@@ -343,20 +463,22 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
+        TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [BO, 8], _WORDS),
         s.order, s.order, gate_up_blocks.view(torch.int32), gate_up_scales, gate_up_bias, act,
         s.tile_expert, s.tile_start, s.tile_end,
         d, two_i, gate_up_blocks.stride(0) // 4, d // 8, gate_up_scales.stride(0), d // 32,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, WTMA=bool(wtma), num_warps=4, **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
     _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
+        TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [BO, 8], _WORDS),
         s.order, route_w, down_blocks.view(torch.int32), down_scales, down_bias, y,
         s.tile_expert, s.tile_start, s.tile_end,
         I, d, down_blocks.stride(0) // 4, I // 8, down_scales.stride(0), I // 32,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, WTMA=bool(wtma), num_warps=4, **regs)
     out = torch.empty(N, d, device=x.device, dtype=x.dtype)
     _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
     return out
