@@ -39,14 +39,6 @@ TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 
 COUNTS = (1, 7, 128, 256, 512, 768, 1024, 2048, 4096)
 
 
-def variant(name: str, rows_per_expert: float):
-    """A --tiles name -> HopperTile: a TILES key ("auto": hopper_tile's choice), optionally followed by " wtma0"
-    (the weight words loaded into registers by each thread instead of by TMA)."""
-    base, _, flag = name.partition(" wtma0")
-    tile = TILES[base.strip()] or moe_hopper.hopper_tile(rows_per_expert)
-    return tile._replace(wtma=0) if name.endswith(" wtma0") else tile
-
-
 def header() -> dict:
     """The results' date and versions."""
     return {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
@@ -82,8 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
-    ap.add_argument("--tiles", nargs="*", default=list(TILES),
-                    help='TILES keys, each optionally followed by " wtma0" (one argument, quoted)')
+    ap.add_argument("--tiles", nargs="*", default=list(TILES))
     args = ap.parse_args()
     R = {**header(), "counts": []}
     cfg, mlp, gu, dn = hopper_layer()
@@ -100,7 +91,7 @@ def main() -> None:
             rows.append({"variant": "moe.py table", "ms": gpu_ms(table, warmup=3, reps=9),
                          "launches": launches_ms(table)})
             for name in args.tiles:
-                tile = variant(name, T * k / E)
+                tile = TILES[name] or moe_hopper.hopper_tile(T * k / E)
 
                 def hop(tile=tile):
                     return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, ex.gate_up_proj_scales, ex.gate_up_proj_bias, dn,

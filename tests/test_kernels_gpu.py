@@ -236,15 +236,14 @@ def _htile(*args):
     return HopperTile(*args)
 
 
-# HopperTile(bt, bx, stages[, maxnreg, wtma]): the rule's choice, every tile of its table, no overflow rows at the
-# large ones, and the weight words loaded by each thread instead of by TMA (wtma 0)
+# HopperTile(bt, bx, stages[, maxnreg]): the rule's choice, every tile of its table, and no overflow rows at the
+# large ones
 HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": lambda: _htile(16, 16, 4),
                 "32+32": lambda: _htile(32, 32, 4), "64+32": lambda: _htile(64, 32, 4),
                 "64+32 s2 r128": lambda: _htile(64, 32, 2, 128), "64+32 s3 r128": lambda: _htile(64, 32, 3, 128),
                 "64+64 s2 r128": lambda: _htile(64, 64, 2, 128),
                 "128": lambda: _htile(128, 0, 3), "128+32": lambda: _htile(128, 32, 3),
-                "128+64": lambda: _htile(128, 64, 3), "128+32 wtma0": lambda: _htile(128, 32, 3, 0, 0),
-                "16+16 wtma0": lambda: _htile(16, 16, 4, 0, 0)}
+                "128+64": lambda: _htile(128, 64, 3)}
 HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, 129),
                                                                           (128, 64, 8, 2, 37)]
 

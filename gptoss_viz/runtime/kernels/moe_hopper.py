@@ -8,8 +8,12 @@ out^T [features, rows] = W [features, K] x^T [K, rows]: the weights are wgmma's 
 registers, and each thread decodes exactly the values of its own A fragment, from two 32-bit words a row a K step
 (the packed weights are kept in mxfp4.to_hopper_order on the GPU, which puts a fragment's values in 8 consecutive
 bytes and each decoded 32-bit register on one K pair). A step decodes into one of two register sets while the other
-set's wgmma runs. The activation rows (wgmma's B) come by TMA into shared memory, STAGES deep, from rows already in
-expert-grouped order (x gathered once for gate_up; act is written in that order).
+set's wgmma runs. Each K step's copies come by TMA into shared memory, STAGES deep: the activation rows (wgmma's
+B), from rows already in expert-grouped order (x gathered once for gate_up; act is written in that order), and the
+program's packed weight words, [64 rows, 32 bytes], which each thread then reads (its own fragment's 8 bytes a
+row) from shared memory. Loading those words into registers straight from global memory, two steps ahead, cost a
+program more than the decode's arithmetic (benchmarks/experiments/moe_ablate.py): 15% of gate_up's time at 1024
+tokens. The E8M0 scales (2 bytes a row a step) are loaded into registers two steps ahead.
 
 A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
@@ -60,17 +64,6 @@ def _word_layout(BO):
 
 
 @gluon.jit
-def _load_words(blk, rn, n_mask, kstep, num_k, stride_bn, WL: gl.constexpr):
-    """Step kstep's packed weights of rows rn as words [BO, 4, 2] int32 in WL (0 where masked or past the end)."""
-    t = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, WL)))
-    p = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
-    row = gl.expand_dims(gl.expand_dims(rn * stride_bn + kstep * 8, 1), 2)
-    col = gl.expand_dims(gl.expand_dims(t * 2, 0), 2) + gl.expand_dims(gl.expand_dims(p, 0), 1)
-    m = gl.expand_dims(gl.expand_dims(n_mask & (kstep < num_k), 1), 2)
-    return gl.load(blk + row + col, mask=m, other=0)
-
-
-@gluon.jit
 def _load_scales(scl, rn, n_mask, kstep, num_k, stride_sn, WL: gl.constexpr):
     """Step kstep's two E8M0 scales of rows rn: [BO, 1, 2] int32 (127 where masked or past the end)."""
     SL: gl.constexpr = gl.SliceLayout(1, WL)  # [BO, 2]
@@ -98,108 +91,11 @@ def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr):
 
 
 @gluon.jit
-def _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, kstep, num_k, STAGES: gl.constexpr,
-                BT: gl.constexpr, EXTRA: gl.constexpr):
-    """TMA copies of step kstep's activation rows into its stage: [BT, 64] from row start (zero past the array's
-    end), and with EXTRA the next BX rows too, all signalling the stage's barrier (nothing past the last step)."""
-    st = kstep % STAGES
-    live = kstep < num_k
-    if EXTRA:
-        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes, pred=live)
-        tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
-        tma.async_copy_global_to_shared(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
-                                        pred=live)
-    else:
-        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes, pred=live)
-        tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
-
-
-@gluon.jit
-def _shift(b1, s1, blk, scl, rn, n_mask, kstep, num_k, stride_bn, stride_sn, WL: gl.constexpr):
-    """The two-step-ahead register queue of weight words and scales moves on; step kstep's are loaded."""
-    return (b1, s1, _load_words(blk, rn, n_mask, kstep, num_k, stride_bn, WL),
-            _load_scales(scl, rn, n_mask, kstep, num_k, stride_sn, WL))
-
-
-@gluon.jit
-def _step(k, w, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, USE_ACC: gl.constexpr,
-          STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr, AL2: gl.constexpr):
-    """K step k on decoded weights w: wait for step k-1's wgmma in every warp (its stage is then free for the TMA
-    copies of step k + STAGES - 1), wait for this step's activation rows, issue this step's wgmma(s)."""
-    if EXTRA:
-        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
-    else:
-        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
-    gl.thread_barrier()
-    _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, k + STAGES - 1, num_k, STAGES, BT, EXTRA)
-    st = k % STAGES
-    mbarrier.wait(ready.index(st), (k // STAGES) & 1)
-    acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
-    if EXTRA:
-        acc2 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc2,
-                                    use_acc=USE_ACC, is_async=True)
-    return acc, acc2
-
-
-@gluon.jit
-def _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k, stride_bn, stride_sn,
-            BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
-    """The K loop: [BO, BT] (and with EXTRA [BO, BX], the next BX rows) fp32 accumulators."""
-    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
-    ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
-    AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
-    AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
-    WL: gl.constexpr = _word_layout(BO)
-    for i in gl.static_range(STAGES - 1):
-        _issue_rows(a_desc, x_desc, start, a_smem, x_smem, ready, i, num_k, STAGES, BT, EXTRA)
-    # weight words and scales two steps ahead in registers (loaded straight from global memory: each thread
-    # reads only its own fragment's bytes, so nothing needs a barrier)
-    b0 = _load_words(blk, rn, n_mask, 0, num_k, stride_bn, WL)
-    s0 = _load_scales(scl, rn, n_mask, 0, num_k, stride_sn, WL)
-    b1 = _load_words(blk, rn, n_mask, 1, num_k, stride_bn, WL)
-    s1 = _load_scales(scl, rn, n_mask, 1, num_k, stride_sn, WL)
-    acc = gl.zeros([BO, BT], gl.float32, ACC)
-    acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
-    # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
-    wa = _decode(b0, s0, BO, AL, WL)
-    b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, 2, num_k, stride_bn, stride_sn, WL)
-    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, False, STAGES, BT,
-                      EXTRA, AL2)
-    # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
-    # other's wgmma (with one set, the decode would overwrite registers the running wgmma still reads)
-    for k in range(1, num_k - 1, 2):
-        wb = _decode(b0, s0, BO, AL, WL)
-        b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, k + 2, num_k, stride_bn, stride_sn, WL)
-        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True, STAGES,
-                          BT, EXTRA, AL2)
-        wa = _decode(b0, s0, BO, AL, WL)
-        b0, s0, b1, s1 = _shift(b1, s1, blk, scl, rn, n_mask, k + 3, num_k, stride_bn, stride_sn, WL)
-        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True,
-                          STAGES, BT, EXTRA, AL2)
-    if num_k % 2 == 0:  # one step left
-        wb = _decode(b0, s0, BO, AL, WL)
-        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, start, a_smem, x_smem, ready, num_k, True,
-                          STAGES, BT, EXTRA, AL2)
-    if EXTRA:
-        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
-    else:
-        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
-    return acc, acc2
-
-
-
-# ---- weights by TMA: each K step's packed words of the program's 64 weight rows come into the stage with the
-# activation rows ([64, 8] int32 box over the blocks viewed as [E * N, K / 8]); each thread then reads its own
-# fragment's two words a row from shared memory (the box is row-major: row r's words at 8r .. 8r + 7, which is
-# the offset of [r, t, p] in a plain [64, 4, 2] view), instead of loading them from global memory into registers
-# two steps ahead (whose per-thread addressing and loads cost more than the decode's arithmetic:
-# benchmarks/experiments/moe_ablate.py)
-
-@gluon.jit
 def _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, kstep, num_k,
                  STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr):
-    """TMA copies of step kstep into its stage: the activation rows as _issue_rows and the weight words
-    [64 rows from wrow, 8 words], all on the stage's barrier (nothing past the last step)."""
+    """TMA copies of step kstep into its stage, all signalling the stage's barrier (nothing past the last step):
+    its activation rows, [BT, 64] from row start (zero past the array's end) and with EXTRA the next BX rows too,
+    and the program's packed weight words, [BO rows from wrow, 8 words]."""
     st = kstep % STAGES
     live = kstep < num_k
     if EXTRA:
@@ -215,15 +111,16 @@ def _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, re
 
 @gluon.jit
 def _smem_words(w_smem, st, BO: gl.constexpr, WL: gl.constexpr):
-    """Stage st's weight words as [BO, 4 (t), 2 (p)] int32 in WL."""
+    """Stage st's weight words as [BO, 4 (t), 2 (p)] int32 in WL: the TMA box [BO, 8] is row-major and
+    unswizzled, so word 2t + p of row r is at 8r + 2t + p, its offset in a plain [BO, 4, 2] view; a warp's reads
+    cover 8 rows' 256 consecutive bytes."""
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
     return w_smem.index(st)._reinterpret(gl.int32, [BO, 4, 2], PLAIN).load(WL)
 
 
 @gluon.jit
-def _step_w(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
-            USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
-            AL2: gl.constexpr):
+def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
+          USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr, AL2: gl.constexpr):
     """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
     (its stage, words included, is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
     if EXTRA:
@@ -251,10 +148,11 @@ def _decode_step(k, w_smem, ready, s0, STAGES: gl.constexpr, BO: gl.constexpr, A
 
 
 @gluon.jit
-def _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask, num_k,
-              stride_sn, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-              EXTRA: gl.constexpr):
-    """_k_loop with the weight words by TMA (the scales still two steps ahead in registers)."""
+def _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask, num_k, stride_sn,
+            BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
+    """The K loop: [BO, BT] (and with EXTRA [BO, BX], the next BX rows) fp32 accumulators. A step decodes into
+    one of two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
+    registers the running wgmma still reads); its scales are loaded two steps ahead into registers."""
     ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
     AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
@@ -267,28 +165,32 @@ def _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready
     s1 = _load_scales(scl, rn, n_mask, 1, num_k, stride_sn, WL)
     acc = gl.zeros([BO, BT], gl.float32, ACC)
     acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
+    # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
     wa = _decode_step(0, w_smem, ready, s0, STAGES, BO, AL, WL)
     s0, s1 = s1, _load_scales(scl, rn, n_mask, 2, num_k, stride_sn, WL)
-    acc, acc2 = _step_w(0, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
-                        False, STAGES, BT, EXTRA, AL2)
+    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
+                      False, STAGES, BT, EXTRA, AL2)
+    # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
+    # other's wgmma
     for k in range(1, num_k - 1, 2):
         wb = _decode_step(k, w_smem, ready, s0, STAGES, BO, AL, WL)
         s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 2, num_k, stride_sn, WL)
-        acc, acc2 = _step_w(k, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready,
-                            num_k, True, STAGES, BT, EXTRA, AL2)
+        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready,
+                          num_k, True, STAGES, BT, EXTRA, AL2)
         wa = _decode_step(k + 1, w_smem, ready, s0, STAGES, BO, AL, WL)
         s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 3, num_k, stride_sn, WL)
-        acc, acc2 = _step_w(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
-                            ready, num_k, True, STAGES, BT, EXTRA, AL2)
+        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
+                          ready, num_k, True, STAGES, BT, EXTRA, AL2)
     if num_k % 2 == 0:  # one step left
         wb = _decode_step(num_k - 1, w_smem, ready, s0, STAGES, BO, AL, WL)
-        acc, acc2 = _step_w(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
-                            ready, num_k, True, STAGES, BT, EXTRA, AL2)
+        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
+                          ready, num_k, True, STAGES, BT, EXTRA, AL2)
     if EXTRA:
         acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
     else:
         acc = hopper.warpgroup_mma_wait(0, deps=[acc])
     return acc, acc2
+
 
 @gluon.jit
 def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase, stride_om,
@@ -329,12 +231,12 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 
 
 @gluon.jit
-def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr,
+def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, scl_ptr, bias_ptr, out_ptr,
                    tile_expert_ptr, tile_start_ptr, tile_end_ptr,
-                   K, N, stride_be, stride_bn, stride_se, stride_sn, stride_biase, stride_om,
+                   K, N, stride_se, stride_sn, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
-                   BO: gl.constexpr, STAGES: gl.constexpr, WTMA: gl.constexpr):
+                   BO: gl.constexpr, STAGES: gl.constexpr):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
@@ -348,37 +250,27 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, blk_ptr, 
     end = gl.load(tile_end_ptr + pid_m)
     if start < end:  # else a spare tile of the static grid
         e = gl.load(tile_expert_ptr + pid_m).to(gl.int64)
-        blk = blk_ptr + e * stride_be
         scl = scl_ptr + e * stride_se
         rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(1, gl.SliceLayout(2, WL)))
         n_mask = rn < N
         num_k = K // 64
         a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
         x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
-        if WTMA:
-            w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BO, 8], w_desc.layout)
-            wrow = e.to(gl.int32) * N + pid_n * BO
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BO, 8], w_desc.layout)
+        wrow = e.to(gl.int32) * N + pid_n * BO  # the program's first weight row in w_desc's [E * N, K / 8]
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
         if end - start > BT:
-            if WTMA:
-                acc, acc2 = _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn,
-                                      n_mask, num_k, stride_sn, BO, BT, BX, STAGES, True)
-            else:
-                acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k,
-                                    stride_bn, stride_sn, BO, BT, BX, STAGES, True)
+            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask,
+                                num_k, stride_sn, BO, BT, BX, STAGES, True)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
             _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BX, BO)
         else:
-            if WTMA:
-                acc, acc2 = _k_loop_w(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn,
-                                      n_mask, num_k, stride_sn, BO, BT, BX, STAGES, False)
-            else:
-                acc, acc2 = _k_loop(a_desc, x_desc, start, a_smem, x_smem, ready, blk, scl, rn, n_mask, num_k,
-                                    stride_bn, stride_sn, BO, BT, BX, STAGES, False)
+            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask,
+                                num_k, stride_sn, BO, BT, BX, STAGES, False)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
         for i in gl.static_range(STAGES):
@@ -387,12 +279,12 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, blk_ptr, 
 
 class HopperTile(NamedTuple):
     """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
-    `stages` activation copies in flight, at most `maxnreg` registers a thread (0: ptxas's choice)."""
+    `stages` K steps' copies (activation rows and weight words) in flight, at most `maxnreg` registers a thread (0:
+    ptxas's choice)."""
     bt: int
     bx: int
     stages: int
     maxnreg: int = 0
-    wtma: int = 1
 
 
 def hopper_tile(rows_per_expert: float) -> HopperTile:
@@ -453,7 +345,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages, maxnreg, wtma = tile or hopper_tile(A / E)
+    bt, bx, stages, maxnreg = tile or hopper_tile(A / E)
     regs = {"maxnreg": maxnreg} if maxnreg else {}
     s = moe_schedule_fused(idx, E, bt + bx)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
@@ -464,21 +356,19 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
         TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [BO, 8], _WORDS),
-        s.order, s.order, gate_up_blocks.view(torch.int32), gate_up_scales, gate_up_bias, act,
-        s.tile_expert, s.tile_start, s.tile_end,
-        d, two_i, gate_up_blocks.stride(0) // 4, d // 8, gate_up_scales.stride(0), d // 32,
+        s.order, s.order, gate_up_scales, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end,
+        d, two_i, gate_up_scales.stride(0), d // 32,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, WTMA=bool(wtma), num_warps=4, **regs)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
     _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
         TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [BO, 8], _WORDS),
-        s.order, route_w, down_blocks.view(torch.int32), down_scales, down_bias, y,
-        s.tile_expert, s.tile_start, s.tile_end,
-        I, d, down_blocks.stride(0) // 4, I // 8, down_scales.stride(0), I // 32,
+        s.order, route_w, down_scales, down_bias, y, s.tile_expert, s.tile_start, s.tile_end,
+        I, d, down_scales.stride(0), I // 32,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, WTMA=bool(wtma), num_warps=4, **regs)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     out = torch.empty(N, d, device=x.device, dtype=x.dtype)
     _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
     return out
