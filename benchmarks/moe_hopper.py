@@ -27,7 +27,8 @@ from gpu_gptoss import gpu_ms  # noqa: E402
 from moe_variants import one_20b_layer, routed, run_moe  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
-from gptoss_viz.runtime.mxfp4 import from_hopper_order, to_hopper_order  # noqa: E402
+from gptoss_viz.runtime.mxfp4 import (from_hopper_order, from_hopper_scales, to_hopper_order,  # noqa: E402
+                                      to_hopper_scales)
 
 H = moe_hopper.HopperTile
 TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 4), "32+16": H(32, 16, 4),
@@ -46,12 +47,15 @@ def header() -> dict:
 
 
 def hopper_layer():
-    """(config, MoE module, gate_up and down blocks in the Hopper order) of one 20b layer, random weights."""
+    """(config, MoE module, its gate_up and down blocks, then scales, in the Hopper order) of one 20b layer,
+    random weights (the module keeps the checkpoint's order for moe.py's kernels)."""
     cfg, mlp = one_20b_layer()
     ex = mlp.experts
     gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
+    gus, dns = to_hopper_scales(ex.gate_up_proj_scales), to_hopper_scales(ex.down_proj_scales)
     assert torch.equal(from_hopper_order(gu), ex.gate_up_proj_blocks)
-    return cfg, mlp, gu, dn
+    assert torch.equal(from_hopper_scales(gus), ex.gate_up_proj_scales)
+    return cfg, mlp, gu, dn, gus, dns
 
 
 def launches_ms(fn, reps: int = 5) -> list:
@@ -77,7 +81,7 @@ def main() -> None:
     ap.add_argument("--tiles", nargs="*", default=list(TILES))
     args = ap.parse_args()
     R = {**header(), "counts": []}
-    cfg, mlp, gu, dn = hopper_layer()
+    cfg, mlp, gu, dn, gus, dns = hopper_layer()
     ex = mlp.experts
     d, E, k = cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok
     g = torch.Generator(device="cuda").manual_seed(2)
@@ -94,9 +98,8 @@ def main() -> None:
                 tile = TILES[name] or moe_hopper.hopper_tile(T * k / E)
 
                 def hop(tile=tile):
-                    return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, ex.gate_up_proj_scales, ex.gate_up_proj_bias, dn,
-                                                       ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                                                       tile=tile)
+                    return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns,
+                                                       ex.down_proj_bias, ex.limit, ex.alpha, tile=tile)
                 try:
                     out = hop()
                     row = {"variant": f"hopper {name}", "tile": list(tile),

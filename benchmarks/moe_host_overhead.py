@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="*", default=[1, 1024])
     args = ap.parse_args()
     R = {**header(), "rows": []}
-    cfg, mlp, gu, dn = hopper_layer()
+    cfg, mlp, gu, dn, gus, dns = hopper_layer()
     ex = mlp.experts
     E, k = cfg.num_local_experts, cfg.num_experts_per_tok
     for T in args.tokens:
@@ -58,8 +58,8 @@ def main() -> None:
             row = {"tokens": T, "tile": list(tile),
                    "table_call": host_us(lambda: run_moe(mlp, x, idx, w)),
                    "hopper_call": host_us(lambda: moe_hopper.moe_mxfp4_hopper(
-                       x, idx, w, gu, ex.gate_up_proj_scales, ex.gate_up_proj_bias, dn, ex.down_proj_scales,
-                       ex.down_proj_bias, ex.limit, ex.alpha)),
+                       x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns, ex.down_proj_bias, ex.limit,
+                       ex.alpha)),
                    "schedule": host_us(lambda: moe_schedule_fused(idx, E, tile.bt + tile.bx)),
                    "gather_rows": host_us(lambda: x.index_select(0, torch.div(s.order, k, rounding_mode="floor"))),
                    "empty_x3": host_us(lambda: [torch.empty(T * k, cfg.hidden_size, device="cuda") for _ in range(3)])}
@@ -77,13 +77,15 @@ def main() -> None:
                 xs, [max(tile.bx, 16), 64], lay2)
             act = torch.empty(T * k, cfg.intermediate_size, device="cuda", dtype=torch.bfloat16)
 
+            d3 = TensorDescriptor.from_tensor(gu.view(torch.int32).view(E * 5760, 360), [64, 8], moe_hopper._WORDS)
+            d4 = TensorDescriptor.from_tensor(gus.view(E * 45, 11520), [1, 128], moe_hopper._SCALES)
+
             def gate_up_launch():
                 moe_hopper._moe_hopper_kernel[(90, s.n_tiles)](
-                    d1, d2, s.order, s.order, gu.view(torch.int32), ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                    act, s.tile_expert, s.tile_start, s.tile_end, 2880, 5760, gu.stride(0) // 4, 360,
-                    ex.gate_up_proj_scales.stride(0), 90, ex.gate_up_proj_bias.stride(0), act.stride(0),
-                    float(ex.limit), float(ex.alpha), GATE_UP=True, TOP_K=k, BT=tile.bt, BX=max(tile.bx, 16),
-                    BO=64, STAGES=tile.stages, num_warps=4)
+                    d1, d2, d3, d4, s.order, s.order, ex.gate_up_proj_bias, act, s.tile_expert, s.tile_start,
+                    s.tile_end, 2880, 5760, ex.gate_up_proj_bias.stride(0), act.stride(0), float(ex.limit),
+                    float(ex.alpha), GATE_UP=True, TOP_K=k, BT=tile.bt, BX=max(tile.bx, 16), BO=64,
+                    STAGES=tile.stages, num_warps=4, **({"maxnreg": tile.maxnreg} if tile.maxnreg else {}))
             row["gate_up_launch"] = host_us(gate_up_launch)
             from gptoss_viz.runtime.kernels import moe as kmoe
 

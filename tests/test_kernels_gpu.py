@@ -251,11 +251,12 @@ HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880,
 def hopper_moe(moe: MoE, x, idx, weight, tile=None):
     """moe_mxfp4_hopper on a copy of moe's experts re-arranged into the Hopper order (moe keeps its own)."""
     from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
-    from gptoss_viz.runtime.mxfp4 import to_hopper_order
+    from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
 
     ex = moe.experts
-    return moe_mxfp4_hopper(x, idx, weight, to_hopper_order(ex.gate_up_proj_blocks), ex.gate_up_proj_scales,
-                            ex.gate_up_proj_bias, to_hopper_order(ex.down_proj_blocks), ex.down_proj_scales,
+    return moe_mxfp4_hopper(x, idx, weight, to_hopper_order(ex.gate_up_proj_blocks),
+                            to_hopper_scales(ex.gate_up_proj_scales), ex.gate_up_proj_bias,
+                            to_hopper_order(ex.down_proj_blocks), to_hopper_scales(ex.down_proj_scales),
                             ex.down_proj_bias, ex.limit, ex.alpha, tile=tile)
 
 

@@ -12,8 +12,8 @@ import torch
 from conftest import TEXT, make_gptoss_dir
 from gptoss_viz import ModelLoadError, load_model
 from gptoss_viz.runtime.configs import GptOssConfig
-from gptoss_viz.runtime.mxfp4 import (from_hopper_order, mxfp4_dequant, mxfp4_quantize, mxfp4_unpack_codes,
-                                      to_hopper_order)
+from gptoss_viz.runtime.mxfp4 import (from_hopper_order, from_hopper_scales, mxfp4_dequant, mxfp4_quantize,
+                                      mxfp4_unpack_codes, to_hopper_order, to_hopper_scales)
 from gptoss_viz.runtime.rope import (apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq, yarn_concentration,
                                      yarn_correction_range, yarn_inv_freq)
 
@@ -325,10 +325,27 @@ def test_hopper_order_places_each_value_where_the_kernel_reads_it():
         to_hopper_order(blocks[:, :, :3])
 
 
+def test_hopper_scales_order_puts_one_steps_rows_together():
+    """to_hopper_scales: per leading index, K step s (64 values: scales 2s, 2s + 1 of a row) of row r at byte
+    2N s + 2r + p, so one step's scales of 64 consecutive rows are 128 consecutive bytes; the inverse gives them
+    back."""
+    g = torch.Generator().manual_seed(1)
+    scales = torch.randint(0, 256, (3, 128, 6), dtype=torch.uint8, generator=g)
+    h = to_hopper_scales(scales)
+    assert h.shape == scales.shape and torch.equal(from_hopper_scales(h), scales)
+    flat = h.reshape(3, -1)
+    for step in range(3):
+        for row in (0, 5, 63, 64, 127):
+            for p in range(2):
+                assert torch.equal(flat[:, 256 * step + 2 * row + p], scales[:, row, 2 * step + p])
+    with pytest.raises(ValueError, match="multiple of 64"):
+        to_hopper_scales(scales[..., :5])
+
+
 def test_experts_in_hopper_order_compute_and_save_the_same():
-    """The re-arranged blocks change nothing a user sees: the reference forward, the dequantized weights and the
-    state dict (saved in the checkpoint's order) are identical, also after loading a state dict (whole or partial)
-    into the re-arranged module."""
+    """The re-arranged blocks and scales change nothing a user sees: the reference forward, the dequantized
+    weights and the state dict (saved in the checkpoint's order) are identical, also after loading a state dict
+    (whole or partial) into the re-arranged module."""
     from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
 
     cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
@@ -343,6 +360,7 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
     ex.use_hopper_order()
     assert ex.blocks_order == "hopper"
     assert not torch.equal(ex.gate_up_proj_blocks, sd["blocks.0.mlp.experts.gate_up_proj_blocks"])
+    assert not torch.equal(ex.gate_up_proj_scales, sd["blocks.0.mlp.experts.gate_up_proj_scales"])
     with torch.no_grad():
         assert torch.equal(model(ids), before)
     assert all(torch.equal(a, b) for a, b in zip(ex.weights(2, torch.float32), w_before))
@@ -353,7 +371,8 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
     with torch.no_grad():
         assert torch.equal(model(ids), before)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
-    partial = {"blocks.0.mlp.experts.down_proj_blocks": sd["blocks.0.mlp.experts.down_proj_blocks"]}
+    partial = {"blocks.0.mlp.experts.down_proj_blocks": sd["blocks.0.mlp.experts.down_proj_blocks"],
+               "blocks.0.mlp.experts.gate_up_proj_scales": sd["blocks.0.mlp.experts.gate_up_proj_scales"]}
     model.load_state_dict(partial, strict=False)
     with torch.no_grad():
         assert torch.equal(model(ids), before)

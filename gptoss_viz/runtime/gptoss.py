@@ -24,7 +24,8 @@ from torch import nn
 from gptoss_viz.errors import InputError
 from gptoss_viz.runtime.configs import GptOssConfig
 from gptoss_viz.runtime.hooks import HookedModel, HookPoint
-from gptoss_viz.runtime.mxfp4 import from_hopper_order, mxfp4_dequant, to_hopper_order
+from gptoss_viz.runtime.mxfp4 import (from_hopper_order, from_hopper_scales, mxfp4_dequant, to_hopper_order,
+                                      to_hopper_scales)
 from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq
 
 
@@ -183,11 +184,11 @@ class Experts(nn.Module):
     """E SwiGLU experts. Weights are either MXFP4-packed (the Hub format: uint8 blocks + scales, dequantized one
     expert at a time when used) or dense (training, unquantized checkpoints), both in (out, in) row layout.
 
-    Packed blocks are in the checkpoint's order, or (`blocks_order == "hopper"`, after `use_hopper_order`, which
-    MoE does before its first Hopper kernel call) in mxfp4.to_hopper_order: the same bytes re-arranged in place for
-    the sm_90 kernels. Everything that reads the weights goes through `dequantized` (which undoes it) or
-    `state_dict` (which saves the checkpoint order); `load_state_dict` takes the checkpoint's order and keeps the
-    module's."""
+    Packed blocks and scales are in the checkpoint's order, or (`blocks_order == "hopper"`, after
+    `use_hopper_order`, which MoE does before its first Hopper kernel call) in mxfp4.to_hopper_order and
+    mxfp4.to_hopper_scales: the same bytes re-arranged in place for the sm_90 kernels. Everything that reads the
+    weights goes through `dequantized` (which undoes it) or `state_dict` (which saves the checkpoint order);
+    `load_state_dict` takes the checkpoint's order and keeps the module's."""
 
     def __init__(self, cfg: GptOssConfig, packed: bool):
         super().__init__()
@@ -227,34 +228,39 @@ class Experts(nn.Module):
             ix = torch.tensor(chunk, device=self.gate_up_proj_blocks.device)
             b1 = self.gate_up_proj_blocks.index_select(0, ix)
             b2 = self.down_proj_blocks.index_select(0, ix)
+            s1 = self.gate_up_proj_scales.index_select(0, ix)
+            s2 = self.down_proj_scales.index_select(0, ix)
             if self.blocks_order == "hopper":
                 b1, b2 = from_hopper_order(b1), from_hopper_order(b2)
-            w1 = mxfp4_dequant(b1, self.gate_up_proj_scales.index_select(0, ix), dtype)  # [n, 2I, d]
-            w2 = mxfp4_dequant(b2, self.down_proj_scales.index_select(0, ix), dtype)  # [n, d, I]
+                s1, s2 = from_hopper_scales(s1), from_hopper_scales(s2)
+            w1 = mxfp4_dequant(b1, s1, dtype)  # [n, 2I, d]
+            w2 = mxfp4_dequant(b2, s2, dtype)  # [n, d, I]
             yield from zip(chunk, w1, w2)
 
     @torch.no_grad()
     def use_hopper_order(self) -> None:
-        """Re-arrange the packed blocks in place into mxfp4.to_hopper_order, a few experts at a time (the
-        temporaries are ~6x the blocks converted at once, ~100 MB for 20b, not the layer's 1.6 GB)."""
+        """Re-arrange the packed blocks and scales in place into mxfp4.to_hopper_order / to_hopper_scales, a few
+        experts at a time (the temporaries are ~6x the blocks converted at once, ~100 MB for 20b, not the layer's
+        1.6 GB)."""
         if self.blocks_order == "hopper":
             return
-        for blocks in (self.gate_up_proj_blocks, self.down_proj_blocks):
-            _to_hopper_order_in_place(blocks)
+        for name in _PACKED:
+            _to_hopper_in_place(getattr(self, name))
         self.blocks_order = "hopper"
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.packed and self.blocks_order == "hopper":  # saved in the checkpoint's order, as loaded
-            for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-                destination[prefix + name] = from_hopper_order(destination[prefix + name])
+            for name in _PACKED:
+                undo = from_hopper_scales if name.endswith("_scales") else from_hopper_order
+                destination[prefix + name] = undo(destination[prefix + name])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.packed and self.blocks_order == "hopper":  # state dicts hold the checkpoint's order
-            for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-                if prefix + name in state_dict:  # (a partial load leaves the other in the Hopper order)
-                    _to_hopper_order_in_place(getattr(self, name))
+            for name in _PACKED:
+                if prefix + name in state_dict:  # (a partial load leaves the others in the Hopper order)
+                    _to_hopper_in_place(getattr(self, name))
 
     def expert(self, e: int, x: torch.Tensor, w1: torch.Tensor | None = None,
                w2: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,12 +275,17 @@ class Experts(nn.Module):
 DEQUANT_CHUNK_BYTES = 64 << 20  # most dequantized expert weight bytes held at once
 
 
+_PACKED = ("gate_up_proj_blocks", "down_proj_blocks", "gate_up_proj_scales", "down_proj_scales")
+
+
 @torch.no_grad()
-def _to_hopper_order_in_place(blocks: torch.Tensor) -> None:
-    """blocks [E, ...] from the checkpoint's order into mxfp4.to_hopper_order, in place, 16 MB of blocks at a time."""
-    step = max(1, (16 << 20) // blocks[0].numel())
-    for e in range(0, blocks.shape[0], step):
-        blocks[e:e + step].copy_(to_hopper_order(blocks[e:e + step]))
+def _to_hopper_in_place(packed: torch.Tensor) -> None:
+    """Blocks [E, N, nb, 16] (4 dims) or scales [E, N, nb] (3) from the checkpoint's order into the Hopper
+    kernels' (mxfp4.to_hopper_order / to_hopper_scales), in place, 16 MB at a time."""
+    convert = to_hopper_order if packed.dim() == 4 else to_hopper_scales
+    step = max(1, (16 << 20) // packed[0].numel())
+    for e in range(0, packed.shape[0], step):
+        packed[e:e + step].copy_(convert(packed[e:e + step]))
 
 
 class MoE(nn.Module):

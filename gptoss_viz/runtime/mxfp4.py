@@ -126,3 +126,22 @@ def to_hopper_order(blocks: torch.Tensor) -> torch.Tensor:
 def from_hopper_order(blocks: torch.Tensor) -> torch.Tensor:
     """The inverse of to_hopper_order."""
     return _reorder_nibbles(blocks, torch.argsort(_hopper_source()))
+
+
+# The Hopper kernel's order of the scales: for each 64-value chunk of the rows (one K step of the kernel), the two
+# scales of every row together, all rows of a chunk before the next chunk: [..., N, nb] holds, per leading index,
+# the [N, nb/2, 2] values in the order [nb/2, N, 2] (same shape), so that one K step's scales of 64 consecutive rows
+# are 128 consecutive bytes (one TMA box).
+
+def to_hopper_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-order scales [..., N, nb] (nb even) -> the same values in the Hopper kernel's order."""
+    *lead, n, nb = scales.shape
+    if nb % 2:
+        raise ValueError(f"the Hopper order needs rows of a multiple of 64 values, got {nb * 32}")
+    return scales.reshape(*lead, n, nb // 2, 2).transpose(-3, -2).contiguous().reshape(scales.shape)
+
+
+def from_hopper_scales(scales: torch.Tensor) -> torch.Tensor:
+    """The inverse of to_hopper_scales."""
+    *lead, n, nb = scales.shape
+    return scales.reshape(*lead, nb // 2, n, 2).transpose(-3, -2).contiguous().reshape(scales.shape)

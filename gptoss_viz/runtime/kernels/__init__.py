@@ -7,8 +7,8 @@ function as a reference pure function and is tested against it (tests/test_kerne
 - `moe.moe_mxfp4`: MoE.combine with the expert weights dequantized from MXFP4 inside the matmul (never expanded
   in memory), tokens grouped by expert, bf16 activations, fp32 accumulation, bias + clamped SwiGLU fused.
 - `moe_hopper.moe_mxfp4_hopper`: the same on sm_90 in bf16 (what the model runs on an H100/H200), in Gluon: the
-  decoded weights are wgmma's register operand, the packed blocks kept in mxfp4.to_hopper_order (the model
-  re-arranges them in place once, Experts.use_hopper_order).
+  decoded weights are wgmma's register operand, the packed blocks and scales kept in mxfp4.to_hopper_order and
+  to_hopper_scales (the model re-arranges them in place once, Experts.use_hopper_order) and brought in by TMA.
 - `attention.attention_with_sinks_fused`: attention_with_sinks + attend without materialising the [H, T, T]
   pattern (flash-attention style online softmax whose running state starts at the sink column), returning the
   sink probability per head and query on request (exp(sink - logsumexp), one value per row).

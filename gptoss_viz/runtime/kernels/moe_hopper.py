@@ -13,7 +13,8 @@ B), from rows already in expert-grouped order (x gathered once for gate_up; act 
 program's packed weight words, [64 rows, 32 bytes], which each thread then reads (its own fragment's 8 bytes a
 row) from shared memory. Loading those words into registers straight from global memory, two steps ahead, cost a
 program more than the decode's arithmetic (benchmarks/experiments/moe_ablate.py): 15% of gate_up's time at 1024
-tokens. The E8M0 scales (2 bytes a row a step) are loaded into registers two steps ahead.
+tokens. Their E8M0 scales (2 bytes a row a step, kept in mxfp4.to_hopper_scales on the GPU, where one step's of
+64 rows are 128 consecutive bytes) come in the same stage.
 
 A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
@@ -64,18 +65,6 @@ def _word_layout(BO):
 
 
 @gluon.jit
-def _load_scales(scl, rn, n_mask, kstep, num_k, stride_sn, WL: gl.constexpr):
-    """Step kstep's two E8M0 scales of rows rn: [BO, 1, 2] int32 (127 where masked or past the end)."""
-    SL: gl.constexpr = gl.SliceLayout(1, WL)  # [BO, 2]
-    g = gl.arange(0, 2, layout=gl.SliceLayout(0, SL))
-    rs = gl.convert_layout(rn, gl.SliceLayout(1, SL))
-    ms = gl.convert_layout(n_mask, gl.SliceLayout(1, SL))
-    ptrs = scl + gl.expand_dims(rs * stride_sn + kstep * 2, 1) + gl.expand_dims(g, 0)
-    s = gl.load(ptrs, mask=gl.expand_dims(ms & (kstep < num_k), 1), other=127)
-    return gl.expand_dims(s.to(gl.int32), 1)
-
-
-@gluon.jit
 def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr):
     """words [BO, 4 (t), 2 (p)] (mxfp4.to_hopper_order) and scales [BO, 1, 2] -> the weights [BO, 64] bf16 in
     wgmma's A-operand layout AL: every 32-bit register of the decode is already one A register (a K pair)."""
@@ -91,21 +80,23 @@ def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr):
 
 
 @gluon.jit
-def _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, kstep, num_k,
-                 STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr):
+def _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
+                 kstep, num_k, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr):
     """TMA copies of step kstep into its stage, all signalling the stage's barrier (nothing past the last step):
     its activation rows, [BT, 64] from row start (zero past the array's end) and with EXTRA the next BX rows too,
-    and the program's packed weight words, [BO rows from wrow, 8 words]."""
+    the program's packed weight words, [BO rows from wrow, 8 words], and their scales ([2 BO] bytes at row
+    srow + kstep, column scol of s_desc's view of the scales in mxfp4.to_hopper_scales' order)."""
     st = kstep % STAGES
     live = kstep < num_k
+    weights: gl.constexpr = w_desc.block_type.nbytes + s_desc.block_type.nbytes
     if EXTRA:
-        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes +
-                        w_desc.block_type.nbytes, pred=live)
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes + weights, pred=live)
         tma.async_copy_global_to_shared(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
                                         pred=live)
     else:
-        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=live)
+        mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + weights, pred=live)
     tma.async_copy_global_to_shared(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
+    tma.async_copy_global_to_shared(s_desc, [srow + kstep, scol], ready.index(st), s_smem.index(st), pred=live)
     tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
 
 
@@ -119,8 +110,17 @@ def _smem_words(w_smem, st, BO: gl.constexpr, WL: gl.constexpr):
 
 
 @gluon.jit
-def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
-          USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr, AL2: gl.constexpr):
+def _smem_scales(s_smem, st, BO: gl.constexpr, WL: gl.constexpr):
+    """Stage st's scales as [BO, 1, 2] int32 (row r's two at 2r, 2r + 1), broadcastable against WL."""
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    s = s_smem.index(st)._reinterpret(gl.uint8, [BO, 2], PLAIN).load(gl.SliceLayout(1, WL))
+    return gl.expand_dims(s.to(gl.int32), 1)
+
+
+@gluon.jit
+def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+          ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
+          AL2: gl.constexpr):
     """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
     (its stage, words included, is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
     if EXTRA:
@@ -128,8 +128,8 @@ def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, 
     else:
         acc = hopper.warpgroup_mma_wait(0, deps=[acc])
     gl.thread_barrier()
-    _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, k + STAGES - 1, num_k,
-                 STAGES, BT, EXTRA)
+    _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
+                 k + STAGES - 1, num_k, STAGES, BT, EXTRA)
     st = k % STAGES
     acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
     if EXTRA:
@@ -139,52 +139,47 @@ def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, 
 
 
 @gluon.jit
-def _decode_step(k, w_smem, ready, s0, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
+def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
                  WL: gl.constexpr):
-    """Wait for step k's stage, decode its words with scales s0."""
+    """Wait for step k's stage, decode its weight words with its scales."""
     st = k % STAGES
     mbarrier.wait(ready.index(st), (k // STAGES) & 1)
-    return _decode(_smem_words(w_smem, st, BO, WL), s0, BO, AL, WL)
+    return _decode(_smem_words(w_smem, st, BO, WL), _smem_scales(s_smem, st, BO, WL), BO, AL, WL)
 
 
 @gluon.jit
-def _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask, num_k, stride_sn,
+def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
             BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
     """The K loop: [BO, BT] (and with EXTRA [BO, BX], the next BX rows) fp32 accumulators. A step decodes into
     one of two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
-    registers the running wgmma still reads); its scales are loaded two steps ahead into registers."""
+    registers the running wgmma still reads)."""
     ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
     AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
     AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
     WL: gl.constexpr = _word_layout(BO)
     for i in gl.static_range(STAGES - 1):
-        _issue_tiles(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, i, num_k, STAGES, BT,
-                     EXTRA)
-    s0 = _load_scales(scl, rn, n_mask, 0, num_k, stride_sn, WL)
-    s1 = _load_scales(scl, rn, n_mask, 1, num_k, stride_sn, WL)
+        _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
+                     i, num_k, STAGES, BT, EXTRA)
     acc = gl.zeros([BO, BT], gl.float32, ACC)
     acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
     # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
-    wa = _decode_step(0, w_smem, ready, s0, STAGES, BO, AL, WL)
-    s0, s1 = s1, _load_scales(scl, rn, n_mask, 2, num_k, stride_sn, WL)
-    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, num_k,
-                      False, STAGES, BT, EXTRA, AL2)
+    wa = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL)
+    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
+                      w_smem, s_smem, ready, num_k, False, STAGES, BT, EXTRA, AL2)
     # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
     # other's wgmma
     for k in range(1, num_k - 1, 2):
-        wb = _decode_step(k, w_smem, ready, s0, STAGES, BO, AL, WL)
-        s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 2, num_k, stride_sn, WL)
-        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready,
-                          num_k, True, STAGES, BT, EXTRA, AL2)
-        wa = _decode_step(k + 1, w_smem, ready, s0, STAGES, BO, AL, WL)
-        s0, s1 = s1, _load_scales(scl, rn, n_mask, k + 3, num_k, stride_sn, WL)
-        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
-                          ready, num_k, True, STAGES, BT, EXTRA, AL2)
+        wb = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL)
+        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
+                          w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
+        wa = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
+        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
+                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
     if num_k % 2 == 0:  # one step left
-        wb = _decode_step(num_k - 1, w_smem, ready, s0, STAGES, BO, AL, WL)
-        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem,
-                          ready, num_k, True, STAGES, BT, EXTRA, AL2)
+        wb = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
+        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
+                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
     if EXTRA:
         acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
     else:
@@ -231,9 +226,9 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 
 
 @gluon.jit
-def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, scl_ptr, bias_ptr, out_ptr,
+def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr,
                    tile_expert_ptr, tile_start_ptr, tile_end_ptr,
-                   K, N, stride_se, stride_sn, stride_biase, stride_om,
+                   K, N, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
                    BO: gl.constexpr, STAGES: gl.constexpr):
@@ -250,27 +245,27 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, order_ptr, route_w_ptr, scl_ptr, 
     end = gl.load(tile_end_ptr + pid_m)
     if start < end:  # else a spare tile of the static grid
         e = gl.load(tile_expert_ptr + pid_m).to(gl.int64)
-        scl = scl_ptr + e * stride_se
-        rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(1, gl.SliceLayout(2, WL)))
-        n_mask = rn < N
         num_k = K // 64
         a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
         x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
         w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BO, 8], w_desc.layout)
+        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 1, 2 * BO], s_desc.layout)
         wrow = e.to(gl.int32) * N + pid_n * BO  # the program's first weight row in w_desc's [E * N, K / 8]
+        srow = e.to(gl.int32) * num_k  # its expert's first step in s_desc's [E * K / 64, 2 N]
+        scol = pid_n * 2 * BO
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
         if end - start > BT:
-            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask,
-                                num_k, stride_sn, BO, BT, BX, STAGES, True)
+            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                                ready, num_k, BO, BT, BX, STAGES, True)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
             _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BX, BO)
         else:
-            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, start, wrow, a_smem, x_smem, w_smem, ready, scl, rn, n_mask,
-                                num_k, stride_sn, BO, BT, BX, STAGES, False)
+            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                                ready, num_k, BO, BT, BX, STAGES, False)
             _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
                       stride_om, limit, alpha, GATE_UP, BT, BO)
         for i in gl.static_range(STAGES):
@@ -305,8 +300,10 @@ def hopper_tile(rows_per_expert: float) -> HopperTile:
     return HopperTile(bt, bx, 3 if bt == 128 else 4)
 
 
-# the shared-memory layout of a step's weight words, [BO rows, 8 int32], row-major (TMA without swizzling)
+# the shared-memory layouts of a step's weight words, [BO rows, 8 int32], and their scales, [1, 2 BO] bytes:
+# row-major (TMA without swizzling)
 _WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+_SCALES = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -332,8 +329,9 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None) -> torch.Tensor:
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
-    mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8), scales and biases as the
-    checkpoint stores them. `tile` overrides hopper_tile's choice (sweeps and tests)."""
+    mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
+    mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
+    overrides hopper_tile's choice (sweeps and tests)."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -356,8 +354,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
         TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [BO, 8], _WORDS),
-        s.order, s.order, gate_up_scales, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end,
-        d, two_i, gate_up_scales.stride(0), d // 32,
+        TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * BO], _SCALES),
+        s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
         GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
@@ -365,8 +363,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
         TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
         TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [BO, 8], _WORDS),
-        s.order, route_w, down_scales, down_bias, y, s.tile_expert, s.tile_start, s.tile_end,
-        I, d, down_scales.stride(0), I // 32,
+        TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * BO], _SCALES),
+        s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
         GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
     out = torch.empty(N, d, device=x.device, dtype=x.dtype)
