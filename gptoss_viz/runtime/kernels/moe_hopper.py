@@ -238,7 +238,6 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
     overflow rows get their own small wgmma, so an expert a little over BT rows does not take a second tile that
     decodes its weights again) times BO weight rows (output features)."""
     gl.static_assert(gl.num_warps() == 4, "one warp group")
-    WL: gl.constexpr = _word_layout(BO)
     pid_n = gl.program_id(0)  # feature tiles first: programs next to each other share the rows
     pid_m = gl.program_id(1)
     start = gl.load(tile_start_ptr + pid_m)
