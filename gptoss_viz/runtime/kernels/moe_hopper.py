@@ -13,8 +13,8 @@ B), from rows already in expert-grouped order (x gathered once for gate_up; act 
 program's packed weight words, [64 rows, 32 bytes], which each thread then reads (its own fragment's 8 bytes a
 row) from shared memory. Loading those words into registers straight from global memory, two steps ahead, cost a
 program more than the decode's arithmetic (benchmarks/experiments/moe_ablate.py): 15% of gate_up's time at 1024
-tokens. Their E8M0 scales (2 bytes a row a step, kept in mxfp4.to_hopper_scales on the GPU, where one step's of
-64 rows are 128 consecutive bytes) come in the same stage.
+tokens. Their E8M0 scales (2 bytes a row a step, kept in mxfp4.to_hopper_scales on the GPU, where one step's
+scales of 64 rows are 128 consecutive bytes) come in the same stage.
 
 A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
@@ -122,7 +122,7 @@ def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, sc
           ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
           AL2: gl.constexpr):
     """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
-    (its stage, words included, is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
+    (its stage is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
     if EXTRA:
         acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
     else:
@@ -273,8 +273,8 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
 
 class HopperTile(NamedTuple):
     """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
-    `stages` K steps' copies (activation rows and weight words) in flight, at most `maxnreg` registers a thread (0:
-    ptxas's choice)."""
+    `stages` K steps' copies (activation rows, weight words and scales) in flight, at most `maxnreg` registers a
+    thread (0: ptxas's choice)."""
     bt: int
     bx: int
     stages: int
