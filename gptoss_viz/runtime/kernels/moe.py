@@ -1,7 +1,8 @@
 """Mixture of experts with MXFP4 expert weights, dequantized inside Triton matmuls (never expanded in memory).
 
-(On sm_90 with bf16 activations the model runs moe_hopper.py's Gluon kernels instead, 9-42% less kernel time on
-an H200; these run everywhere else, and their tables and tests stay the reference for the Hopper ones.)
+(On sm_90 with bf16 activations the model runs moe_hopper.py's Gluon kernels instead, 17-52% less kernel time on
+an H200, results/moe_hopper_h200.json; these run everywhere else, and their tables and tests stay the reference
+for the Hopper ones.)
 
 Computes exactly what gptoss.MoE.combine computes (SPEC.md, "Expert"): for each token t and each of its k chosen
 experts e, y_e = W2_e swiglu_clamped(W1_e x_t + b1_e) + b2_e, and out_t = sum_j weight[t, j] y_{idx[t, j]}.
