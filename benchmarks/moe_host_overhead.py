@@ -61,12 +61,12 @@ def main() -> None:
                        x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns, ex.down_proj_bias, ex.limit,
                        ex.alpha)),
                    "schedule": host_us(lambda: moe_schedule_fused(idx, E, tile.bt + tile.bx)),
-                   "gather_rows": host_us(lambda: x.index_select(0, torch.div(s.order, k, rounding_mode="floor"))),
+                   "gather_rows": host_us(lambda: x.index_select(0, s.token)),
                    "empty_x3": host_us(lambda: [torch.empty(T * k, cfg.hidden_size, device="cuda") for _ in range(3)])}
             from triton.experimental.gluon import language as gl
             from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-            xs = x.index_select(0, torch.div(s.order, k, rounding_mode="floor"))
+            xs = x.index_select(0, s.token)
             row["layouts_x2"] = host_us(lambda: [gl.NVMMASharedLayout.get_default_for([r, 64], gl.bfloat16)
                                                  for r in (tile.bt, max(tile.bx, 16))])
             lay = gl.NVMMASharedLayout.get_default_for([tile.bt, 64], gl.bfloat16)
@@ -91,8 +91,8 @@ def main() -> None:
 
             y = torch.empty(T * k, cfg.hidden_size, device="cuda")
             out = torch.empty_like(x)
-            row["sum_slots_launch"] = host_us(lambda: kmoe._sum_slots_kernel[(T, 3)](y, out, cfg.hidden_size,
-                                                                                     TOP_K=k, BD=1024, num_warps=4))
+            row["sum_slots_launch"] = host_us(lambda: kmoe._sum_slots_kernel[(T, 3)](
+                y, out, out, out, cfg.hidden_size, TOP_K=k, BD=1024, HAS_RES=False, num_warps=4))
         print(row, flush=True)
         R["rows"].append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ def test_schedule_covers_every_assignment_once(N, E, k, BM):
     assert s.n_tiles == max_tiles(N * k, E, BM) == len(s.tile_start)
     grouped = flat[s.order]
     assert (grouped[1:] >= grouped[:-1]).all(), "assignments are not grouped by expert"
+    assert torch.equal(s.token, s.order // k), "token is not each grouped row's token"
     seen = torch.zeros(N * k, dtype=torch.int64)
     for t in range(s.n_tiles):
         start, end, e = int(s.tile_start[t]), int(s.tile_end[t]), int(s.tile_expert[t])

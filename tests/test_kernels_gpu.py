@@ -308,11 +308,26 @@ def test_moe_module_takes_the_hopper_kernels_and_keeps_its_weights():
         ref = moe(x)
         assert moe.last_path == "reference" and moe.experts.blocks_order == "checkpoint"
         moe.use_kernels = True
-        fast = moe(x)
+        routed = {}
+        moe.hook_expert_idx._fns.append(lambda t, hook: routed.__setitem__("idx", t))
+        moe.hook_expert_weight._fns.append(lambda t, hook: routed.__setitem__("weight", t))
+        try:
+            fast = moe(x)
+        finally:
+            moe.hook_expert_idx._fns.clear()
+            moe.hook_expert_weight._fns.clear()
         assert moe.last_path == "triton" and moe.experts.blocks_order == "hopper"
-        weight, idx = moe.router(x).topk(4, -1)
-        exact = moe_exact(moe, x, idx, weight.softmax(-1))
+        exact = moe_exact(moe, x, routed["idx"], routed["weight"])  # the experts the fast path chose
         check_no_worse(fast, ref, exact, "MoE module, Hopper kernels")
+        # the block's residual add in the kernel that sums the experts: the same as adding after it, bit for bit,
+        # also when a hook replaces the MoE's output (the add is then redone on the replacement)
+        r = torch.randn(200, 2880, generator=g, device=DEVICE).to(DTYPE)
+        assert torch.equal(moe(x, residual=r), r + fast)
+        moe.hook_out._fns.append(lambda t, hook: 2 * t)
+        try:
+            assert torch.equal(moe(x, residual=r), r + 2 * fast)
+        finally:
+            moe.hook_out._fns.clear()
         moe.use_kernels = False  # (its index_add_ sums in a run-dependent order on CUDA: not bit for bit)
         again = moe(x)
         assert rel_err(again, ref) <= REL_FLOOR, f"the reference path changed by {rel_err(again, ref):.3g}"
@@ -459,7 +474,63 @@ def test_top_predictions_fused_matches_topk_and_softmax(V):
 
 
 @interpretable
-@pytest.mark.parametrize("E,k,N,bm", [(32, 4, 1, 16), (32, 4, 1024, 128), (128, 4, 333, 32), (8, 2, 37, 16)])
+@pytest.mark.parametrize("N,k,d", [(1, 4, 2880), (37, 4, 100), (300, 2, 1030)])
+def test_sum_slots_with_residual(N, k, d):
+    """The MoE's last step with the block's residual add in the same launch: the output as without it, and the sum
+    equal to the block's own `residual + out` bit for bit."""
+    from gptoss_viz.runtime.kernels.moe import sum_slots
+
+    g = torch.Generator(device=DEVICE).manual_seed(N)
+    y = torch.randn(N * k, d, generator=g, device=DEVICE)
+    r = (8 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
+    alone = sum_slots(y, N, DTYPE)
+    ref = y.view(N, k, d)[:, 0].clone()
+    for j in range(1, k):  # fp32, in slot order
+        ref += y.view(N, k, d)[:, j]
+    assert torch.equal(alone, ref.to(DTYPE)), "the slot sum differs from fp32 in slot order, rounded once"
+    out, total = sum_slots(y, N, DTYPE, residual=r)
+    assert torch.equal(out, alone), "the output changed with a residual"
+    assert torch.equal(total, r + out), "residual + out differs from the bf16 add"
+    with pytest.raises(ValueError, match="residual"):
+        sum_slots(y, N, DTYPE, residual=r[:, :-1])
+
+
+@interpretable
+@pytest.mark.parametrize("E,T", [(32, 1), (32, 1000), (128, 333), (8, 37)])
+def test_route_fused_matches_route(E, T):
+    """gptoss.route's experts and weights: the same k largest logits, largest first, every expert above the k-th
+    value chosen, equal logits taken lower expert first (torch.topk leaves that order open), and the softmax over
+    them within one unit in the last place (the kernel sums the k exponentials in its own order). Half the rows
+    hold coarse logits, so ties at the k-th value are common."""
+    from gptoss_viz.runtime.gptoss import route
+    from gptoss_viz.runtime.kernels.fused import route_fused
+
+    k = 4 if E > 8 else 2
+    g = torch.Generator(device=DEVICE).manual_seed(E + T)
+    logits = (3 * torch.randn(T, E, generator=g, device=DEVICE)).to(DTYPE)
+    logits[: (T + 1) // 2] = (2 * logits[: (T + 1) // 2]).round() / 2
+    idx, w = route_fused(logits, k)
+    ref_idx, ref_w = route(logits, k)
+    assert idx.dtype == ref_idx.dtype and w.dtype == ref_w.dtype and idx.shape == ref_idx.shape
+    vals = logits.gather(-1, idx)
+    assert torch.equal(vals, logits.gather(-1, ref_idx)), "not the same k largest logits, largest first"
+    tied = vals[:, 1:] == vals[:, :-1]
+    assert (idx[:, 1:] > idx[:, :-1])[tied].all(), "equal logits not taken lower expert first"
+    unchosen = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, idx, False)
+    kth = vals[:, -1:]
+    assert not (unchosen & (logits > kth)).any(), "an expert above the k-th value was left out"
+    last_tied = torch.where(vals == kth, idx, -1).max(-1, keepdim=True).values  # highest chosen expert at it
+    cols = torch.arange(E, device=DEVICE)
+    assert not (unchosen & (logits == kth) & (cols < last_tied)).any(), "a lower expert at the k-th value left out"
+    assert tied.any(), "the test meant to exercise ties found none"
+    ref = vals.float().softmax(-1)  # torch's softmax over the same values, in fp32
+    ulp = ref.abs() * 2.0 ** -7 if DTYPE == torch.bfloat16 else ref.abs() * 2.0 ** -10
+    assert ((w.float() - ref).abs() <= ulp + 1e-30).all(), "routing weights differ by more than one ulp"
+
+
+@interpretable
+@pytest.mark.parametrize("E,k,N,bm", [(32, 4, 1, 16), (32, 4, 1024, 128), (128, 4, 333, 32), (8, 2, 37, 16),
+                                     (32, 4, 4096, 128), (128, 4, 2000, 64)])
 def test_schedule_kernel_equals_torch_schedule(E, k, N, bm):
     from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
     from gptoss_viz.runtime.kernels.schedule import moe_schedule
@@ -474,11 +545,12 @@ def test_schedule_kernel_equals_torch_schedule(E, k, N, bm):
         for name in ("tile_expert", "tile_start", "tile_end"):
             assert torch.equal(getattr(a, name).long(), getattr(b, name).long()), f"{name} differs ({E=} {N=} {skew=})"
         # order: a permutation that groups the assignments by expert like the reference's (whose stable sort
-        # also orders each group ascending; the kernel's atomics need not)
+        # also orders each group ascending; the kernel's atomics need not), and each row's token
         order = a.order.long()
         assert torch.equal(order.sort().values, torch.arange(N * k, device=DEVICE)), "order is not a permutation"
         flat = idx.reshape(-1)
         assert torch.equal(flat[order], flat[b.order]), f"order does not group by expert ({E=} {N=} {skew=})"
+        assert torch.equal(a.token.long(), order // k), f"token is not each grouped row's token ({E=} {N=} {skew=})"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -378,6 +378,19 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
         assert torch.equal(model(ids), before)
 
 
+def test_moe_residual_is_the_blocks_add():
+    """MoE(x, residual) returns residual + MoE(x): the reference path adds after the hook, as the block did."""
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
+                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)
+    mlp = random_packed_model(cfg, "cpu", seed=4).blocks[0].mlp
+    g = torch.Generator().manual_seed(1)
+    x, r = (torch.randn(9, 128, generator=g).to(torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        assert torch.equal(mlp(x, residual=r), r + mlp(x))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Grouped-query attention
 

@@ -324,23 +324,42 @@ class MoE(nn.Module):
 
         return moe_mxfp4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, d] -> the experts' weighted sum [T, d]; with `residual` [T, d], residual + that sum (the
+        block's residual add, which the fast path does in the launch that sums the experts' outputs)."""
         logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
-        idx, weight = route(logits, self.k)  # [T, k] each
+        if _fused_ok(self.use_kernels, logits):  # the same top-k and softmax in one launch
+            from gptoss_viz.runtime.kernels.fused import route_fused
+
+            idx, weight = route_fused(logits, self.k)
+        else:
+            idx, weight = route(logits, self.k)  # [T, k] each
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
         kernel = self._kernel(x)
+        total = None
         if kernel is not None:
             ex = self.experts
             d = x.shape[-1]
+            res = None if residual is None else residual.reshape(-1, d)
             out = kernel(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
                          ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                         ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha).view_as(x)
+                         ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                         residual=res)
+            if res is not None:
+                out, total = out[0].view_as(x), out[1].view_as(x)
+            else:
+                out = out.view_as(x)
             self.last_path = "triton"
         else:
             out = self.combine(x, idx, weight)
             self.last_path = "reference"
-        return self.hook_out(out)
+        hooked = self.hook_out(out)
+        if residual is None:
+            return hooked
+        if total is not None and hooked is out:  # (a hook that replaced the output needs the add redone)
+            return total
+        return residual + hooked
 
     def combine(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_j weight[t, j] * expert_{idx[t, j]}(x[t]), running each expert once on the tokens routed to it."""
@@ -381,8 +400,7 @@ class Block(nn.Module):
 
             a = self.attn(rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps), cos, sin, window)
             h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
-            x = x + self.mlp(h)
-            return self.hook_resid_post(x)
+            return self.hook_resid_post(self.mlp(h, residual=x))
         x = x + self.attn(self.input_layernorm(x), cos, sin, window)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return self.hook_resid_post(x)

@@ -12,15 +12,20 @@ of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of th
   read of the logits, where torch's topk and a chunked fp32 logsumexp took ~3 ms at 1024 tokens of gpt-oss's
   201,088-token vocabulary (benchmarks/profile_forward.py --trace).
 - `moe_schedule_fused`: schedule.moe_schedule's tile arrays (expert histogram, prefix sums, tile -> expert) and
-  the rows grouped by expert (a counting sort with atomics, in place of torch's argsort) in one single-program
-  kernel.
+  the rows grouped by expert (a counting sort with atomics, in place of torch's argsort) and each row's token in
+  one single-program kernel.
+- `route_fused`: gptoss.route (the top k router logits of each token and the softmax over them) in one launch,
+  where torch's topk and softmax took three kernels.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 from gptoss_viz.runtime.kernels.schedule import MoeSchedule, max_tiles
 
@@ -139,8 +144,9 @@ def rope_fused_ok(x: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _schedule_kernel(idx_ptr, order_ptr, cursor_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, E, n_tiles,
-                     BLOCK_M: tl.constexpr, EP: tl.constexpr, CHUNK: tl.constexpr, TB: tl.constexpr):
+def _schedule_kernel(idx_ptr, order_ptr, token_ptr, cursor_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, A, E,
+                     n_tiles, TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, EP: tl.constexpr, CHUNK: tl.constexpr,
+                     TB: tl.constexpr):
     re = tl.arange(0, EP)
     counts = tl.zeros([EP], dtype=tl.int32)
     for a0 in range(0, A, CHUNK):
@@ -152,7 +158,8 @@ def _schedule_kernel(idx_ptr, order_ptr, cursor_ptr, tile_expert_ptr, tile_start
     starts = ends - counts
     # order: each assignment takes the next free row of its expert's group (a counting sort). Rows within a group
     # come out in whatever order the atomics serve them; nothing downstream depends on it (every row's dots are
-    # its own, and each token's k outputs are summed by slot), so the MoE output stays deterministic.
+    # its own, and each token's k outputs are summed by slot), so the MoE output stays deterministic. (A stable
+    # sort by prefix sums over a one-hot matrix was 6-20x slower: benchmarks/experiments/schedule_probe.py.)
     tl.store(cursor_ptr + re, starts)
     tl.debug_barrier()  # the cursors are in place for every thread of the program before the first atomic
     for a0 in range(0, A, CHUNK):
@@ -161,6 +168,7 @@ def _schedule_kernel(idx_ptr, order_ptr, cursor_ptr, tile_expert_ptr, tile_start
         v = tl.load(idx_ptr + ra, mask=m, other=0).to(tl.int32)
         row = tl.atomic_add(cursor_ptr + v, 1, mask=m)
         tl.store(order_ptr + row, ra, mask=m)
+        tl.store(token_ptr + row, ra // TOP_K, mask=m)
     tiles = (counts + BLOCK_M - 1) // BLOCK_M
     tile_ends = tl.cumsum(tiles, 0)
     tile_begins = tile_ends - tiles
@@ -181,18 +189,72 @@ def _schedule_kernel(idx_ptr, order_ptr, cursor_ptr, tile_expert_ptr, tile_start
 
 
 def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule:
-    """schedule.moe_schedule(idx, n_experts, block_m) in one launch: the same tile arrays, and an `order` (int32)
-    that groups the assignments by expert as the reference's does, though not necessarily in ascending order
-    within a group (see _schedule_kernel)."""
+    """schedule.moe_schedule(idx [N, k], n_experts, block_m) in one launch: the same tile arrays, and an `order`
+    and `token` (int32) that group the assignments by expert as the reference's do, though not necessarily in
+    ascending order within a group (see _schedule_kernel)."""
     flat = idx.reshape(-1)
     A = flat.numel()
+    k = idx.shape[-1] if idx.dim() > 1 else 1
     n = max_tiles(A, n_experts, block_m)
     EP = triton.next_power_of_2(n_experts + 1)
-    buf = torch.empty(3 * n + A + EP, device=idx.device, dtype=torch.int32)  # tiles, order, cursors: one alloc
-    tiles, order, cursor = buf[:3 * n].view(3, n), buf[3 * n:3 * n + A], buf[3 * n + A:]
-    _schedule_kernel[(1,)](flat, order, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, BLOCK_M=block_m,
-                           EP=EP, CHUNK=1024, TB=64, num_warps=16)  # 16: more atomics in flight
-    return MoeSchedule(order=order, tile_expert=tiles[0], tile_start=tiles[1], tile_end=tiles[2], n_tiles=n)
+    buf = torch.empty(3 * n + 2 * A + EP, device=idx.device, dtype=torch.int32)  # tiles, order, token, cursors
+    tiles, order, token = buf[:3 * n].view(3, n), buf[3 * n:3 * n + A], buf[3 * n + A:3 * n + 2 * A]
+    cursor = buf[3 * n + 2 * A:]
+    _schedule_kernel[(1,)](flat, order, token, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, TOP_K=k,
+                           BLOCK_M=block_m, EP=EP, CHUNK=1024, TB=64, num_warps=16)  # 16: more atomics in flight
+    return MoeSchedule(order=order, tile_expert=tiles[0], tile_start=tiles[1], tile_end=tiles[2], n_tiles=n,
+                       token=token)
+
+
+@triton.jit
+def _route_kernel(x_ptr, idx_ptr, w_ptr, T, E, stride_x, K: tl.constexpr, BT: tl.constexpr, EP: tl.constexpr,
+                  KP: tl.constexpr, EXPF: tl.constexpr):
+    """BT tokens: the K largest of each row's E logits, largest first (equal values: lower column first), and the
+    softmax over them in fp32 as torch computes it (exp(v - max) with libdevice's expf, as CUDA's expf, unless
+    EXPF is off for Triton's interpreter, which has no libdevice; over their sum, IEEE division), rounded to the
+    logits' dtype."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.arange(0, EP)
+    rmask = rows < T
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :],
+                mask=rmask[:, None] & (cols < E)[None, :], other=float("-inf")).to(tl.float32)
+    slots = tl.arange(0, KP)
+    top = tl.zeros([BT, KP], dtype=tl.float32)
+    for j in tl.static_range(K):
+        v = tl.max(x, 1)  # [BT]
+        i = tl.min(tl.where(x == v[:, None], cols[None, :], EP), 1)  # the first column holding it
+        i = tl.minimum(i, E - 1)  # (a NaN row matches no column: keep the index in range)
+        tl.store(idx_ptr + rows.to(tl.int64) * K + j, i.to(tl.int64), mask=rmask)
+        top = tl.where(slots[None, :] == j, v[:, None], top)
+        x = tl.where(cols[None, :] == i[:, None], float("-inf"), x)
+    m = tl.max(tl.where(slots[None, :] < K, top, float("-inf")), 1)
+    if EXPF:
+        e = libdevice.exp(top - m[:, None])
+    else:
+        e = tl.exp(top - m[:, None])
+    e = tl.where(slots[None, :] < K, e, 0.0)
+    w = tl.math.div_rn(e, tl.sum(e, 1)[:, None])
+    tl.store(w_ptr + rows[:, None].to(tl.int64) * K + slots[None, :], w.to(w_ptr.dtype.element_ty),
+             mask=rmask[:, None] & (slots[None, :] < K))
+
+
+def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """gptoss.route in one launch: logits [..., E] -> (idx int64, weight in the logits' dtype) [..., k]. Among
+    equal logits the lower expert comes first (torch.topk leaves that order open)."""
+    E = logits.shape[-1]
+    if not 1 <= k <= E:
+        raise ValueError(f"route_fused: k={k} must be between 1 and the {E} experts")
+    x = logits.reshape(-1, E)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    T = x.shape[0]
+    idx = torch.empty(T, k, device=x.device, dtype=torch.int64)
+    weight = torch.empty(T, k, device=x.device, dtype=x.dtype)
+    BT = 32
+    _route_kernel[(triton.cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT,
+                                         EP=triton.next_power_of_2(E), KP=triton.next_power_of_2(k),
+                                         EXPF=os.environ.get("TRITON_INTERPRET") != "1", num_warps=4)
+    shape = (*logits.shape[:-1], k)
+    return idx.view(shape), weight.view(shape)
 
 
 @triton.jit

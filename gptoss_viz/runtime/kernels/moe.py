@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused
 
 
 def _decode_asm(one_multiply: bool, shared_scale: bool = False) -> str:
@@ -300,15 +300,38 @@ def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_pt
 
 
 @triton.jit
-def _sum_slots_kernel(y_ptr, out_ptr, d, TOP_K: tl.constexpr, BD: tl.constexpr):
-    """out[t] = y[t * k] + y[t * k + 1] + ... (fp32, in slot order), in out's dtype: one token per program row."""
+def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, d, TOP_K: tl.constexpr, BD: tl.constexpr,
+                      HAS_RES: tl.constexpr):
+    """out[t] = y[t * k] + y[t * k + 1] + ... (fp32, in slot order), in out's dtype: one token per program row.
+    With a residual, also sum[t] = res[t] + out[t], rounded to out's dtype as the block's own bf16 add rounds it."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     m = cols < d
     acc = tl.load(y_ptr + t * TOP_K * d + cols, mask=m, other=0.0)
     for j in tl.static_range(1, TOP_K):
         acc += tl.load(y_ptr + (t * TOP_K + j) * d + cols, mask=m, other=0.0)
-    tl.store(out_ptr + t * d + cols, acc.to(out_ptr.dtype.element_ty), mask=m)
+    DT = out_ptr.dtype.element_ty
+    tl.store(out_ptr + t * d + cols, acc.to(DT), mask=m)
+    if HAS_RES:
+        r = tl.load(res_ptr + t * d + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(sum_ptr + t * d + cols, (r + _round_to(acc, DT)).to(DT), mask=m)
+
+
+def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None):
+    """Step 3 of both MoE paths: y [N * k, d] fp32 -> out [N, d] in `dtype`, or with `residual` [N, d]
+    (out, residual + out) from the same launch (the block's residual add, one kernel fewer)."""
+    A, d = y.shape
+    out = torch.empty(N, d, device=y.device, dtype=dtype)
+    res = total = out
+    if residual is not None:
+        if residual.shape != out.shape or residual.dtype != dtype:
+            raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} does not match the MoE output "
+                             f"{tuple(out.shape)} {dtype}")
+        res = residual if residual.is_contiguous() else residual.contiguous()
+        total = torch.empty_like(out)
+    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, res, total, d, TOP_K=A // N, BD=1024,
+                                                HAS_RES=residual is not None, num_warps=4)
+    return out if residual is None else (out, total)
 
 
 def _tile_class(rows_per_expert: float) -> int:
@@ -374,8 +397,9 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
               limit: float, alpha: float, configs: tuple[Tile, Tile] | None = None,
-              decode: int | None = None) -> torch.Tensor:
-    """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype.
+              decode: int | None = None, residual: torch.Tensor | None = None):
+    """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype;
+    with `residual` [N, d], (that, residual + that) (see sum_slots).
 
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
     [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `configs` (a Tile for gate_up and one for down)
@@ -437,6 +461,4 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         BM=t2.bm, BN=bn2, BK=bk2, NSUB=t2.nsub, SWAP=t2.swap, DECODE=decode,
         num_warps=t2.warps, num_stages=t2.stages)
     # 3. each token's k weighted expert outputs, summed in fp32 in slot order, rounded once to x's dtype
-    out = torch.empty(N, d, device=x.device, dtype=x.dtype)
-    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
-    return out
+    return sum_slots(y, N, x.dtype, residual)

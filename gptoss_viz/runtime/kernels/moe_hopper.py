@@ -41,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
-from gptoss_viz.runtime.kernels.moe import _decode_asm, _sum_slots_kernel
+from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
 
@@ -326,11 +326,12 @@ def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
 def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
-                     limit: float, alpha: float, tile: HopperTile | None = None) -> torch.Tensor:
+                     limit: float, alpha: float, tile: HopperTile | None = None,
+                     residual: torch.Tensor | None = None):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
-    overrides hopper_tile's choice (sweeps and tests)."""
+    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out) (moe.sum_slots)."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -347,7 +348,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     s = moe_schedule_fused(idx, E, bt + bx)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
-    xs = x.index_select(0, torch.div(s.order, k, rounding_mode="floor"))
+    xs = x.index_select(0, s.token)
     lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
@@ -366,6 +367,4 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
         GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
-    out = torch.empty(N, d, device=x.device, dtype=x.dtype)
-    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, d, TOP_K=k, BD=1024, num_warps=4)
-    return out
+    return sum_slots(y, N, x.dtype, residual)

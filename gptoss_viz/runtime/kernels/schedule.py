@@ -20,6 +20,7 @@ class MoeSchedule:
     tile_start: torch.Tensor  # [n_tiles] int32 first grouped row of each tile (0 for unused tiles)
     tile_end: torch.Tensor  # [n_tiles] int32 end of that expert's rows (0 for unused tiles: start == end)
     n_tiles: int  # static upper bound on the number of tiles: the grid size
+    token: torch.Tensor  # [A] the token of each grouped row (order // k): the rows to gather, in order
 
 
 def max_tiles(n_assignments: int, n_experts: int, block_m: int) -> int:
@@ -31,6 +32,7 @@ def moe_schedule(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule
     """Group the (token, slot) assignments of idx [N, k] by expert and cut each expert's rows into tiles of BM."""
     flat = idx.reshape(-1)  # [A]
     A = flat.numel()
+    k = idx.shape[-1] if idx.dim() > 1 else 1
     order = torch.argsort(flat, stable=True)  # [A]
     # rows per expert [E]; scatter_add, not bincount, which on CUDA reads the largest index back to the host
     counts = torch.zeros(n_experts, dtype=torch.int64, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
@@ -50,4 +52,5 @@ def moe_schedule(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule
                        tile_expert=e.to(torch.int32),
                        tile_start=torch.where(valid, start, zero).to(torch.int32),
                        tile_end=torch.where(valid, ends[e], zero).to(torch.int32),
-                       n_tiles=n)
+                       n_tiles=n,
+                       token=torch.div(order, k, rounding_mode="floor"))
