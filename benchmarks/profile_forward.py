@@ -33,6 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = gptoss_config(args.size)
     model = random_packed_model(cfg, "cuda", seed=1)
+    model.prepare_kernels()  # as load_model does
     R = {"gpu": torch.cuda.get_device_name(), "size": args.size, "lengths": []}
     g = torch.Generator(device="cuda").manual_seed(0)
     for T in args.lengths:

@@ -580,6 +580,9 @@ def test_fast_path_equals_reference_at_20b_layer_shapes():
                 assert attn.last_path == ("triton" if on else "reference")
             exact = copy.deepcopy(attn).float()(x.float(), cos, sin)
             check_no_worse(outs[True], outs[False], exact, f"layer {i} ({attn.window=}) attention")
+            attn.fuse_qkv()  # q, k, v in one matmul (what load_model's prepare_kernels does)
+            assert attn._fused_qkv() is not None
+            check_no_worse(attn(x, cos, sin), outs[False], exact, f"layer {i} attention, fused q/k/v")
             # MoE: the router is the same bf16 linear on both paths, so both see the same experts
             mlp = block.mlp
             weight, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)

@@ -378,6 +378,44 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
         assert torch.equal(model(ids), before)
 
 
+def test_fused_qkv_keeps_parameters_state_dict_and_outputs():
+    """Attention.fuse_qkv (what the GPU fast path runs: q, k and v from one matmul) makes the three projections'
+    parameters views of one tensor: the state dict and the forward are unchanged, a loaded state dict lands in the
+    fused tensor, and moving the module or reassigning a parameter ends the fusion instead of leaving it stale."""
+    import torch.nn.functional as F
+
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    model = random_packed_model(cfg, "cpu", seed=5).float()
+    attn = model.blocks[0].attn
+    x = torch.randn(7, 128, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(20) % 64
+    with torch.no_grad():
+        before = model(ids)
+        projs = [p(x) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    attn.fuse_qkv()
+    fused = attn._fused_qkv()
+    assert fused is not None
+    w, b = fused
+    assert w.shape == (4 * 64 + 2 * 2 * 64, 128) and attn.k_proj.weight.data_ptr() == w[4 * 64].data_ptr()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    with torch.no_grad():
+        assert torch.equal(model(ids), before)
+        one = F.linear(x, w, b).split([256, 128, 128], -1)
+        assert all(torch.allclose(a, r, atol=1e-5) for a, r in zip(one, projs))
+    new = {k: (v + 1 if ".attn.k_proj." in k else v) for k, v in sd.items()}
+    model.load_state_dict(new)  # copies into the views: the fused weight follows
+    assert attn._fused_qkv() is not None and torch.equal(w[256:384], sd["blocks.0.attn.k_proj.weight"] + 1)
+    model.to(torch.float64)  # new storage for every parameter
+    assert attn._fused_qkv() is None and attn._qkv is None
+    attn.fuse_qkv()
+    attn.v_proj.weight = torch.nn.Parameter(attn.v_proj.weight.detach().clone())
+    assert attn._fused_qkv() is None
+
+
 def test_moe_residual_is_the_blocks_add():
     """MoE(x, residual) returns residual + MoE(x): the reference path adds after the hook, as the block did."""
     from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model

@@ -129,6 +129,42 @@ class Attention(nn.Module):
         self.hook_out = HookPoint("[T, d]")
         self.use_kernels = True  # allow the Triton kernel where it computes the same thing (see fast_path_ok)
         self.last_path = None  # "triton" or "reference": which path the last forward took
+        self._qkv = None  # (weight, bias) that q/k/v_proj's parameters are views of, after fuse_qkv
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Lay the q, k and v projections' weights (and biases) out side by side in one tensor, the parameters
+        becoming views of it, so that the fast path computes all three in one matmul (two launches fewer a layer).
+        The parameters, the state dict and the reference path are unchanged."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        w = torch.cat([p.weight for p in projs])
+        b = torch.cat([p.bias for p in projs]) if self.cfg.attention_bias else None
+        sizes = [p.out_features for p in projs]
+        for p, pw in zip(projs, w.split(sizes)):
+            p.weight = nn.Parameter(pw, requires_grad=p.weight.requires_grad)
+        if b is not None:
+            for p, pb in zip(projs, b.split(sizes)):
+                p.bias = nn.Parameter(pb, requires_grad=p.bias.requires_grad)
+        self._qkv = (w, b)
+
+    def _fused_qkv(self):
+        """(weight, bias) of the fused projection while q/k/v_proj's parameters are still the views fuse_qkv made
+        (a reassigned or moved parameter ends it), else None."""
+        if self._qkv is None:
+            return None
+        w, b = self._qkv
+        row = 0  # the first row of each projection in w (and entry in b)
+        for p in (self.q_proj, self.k_proj, self.v_proj):
+            if (p.weight.data_ptr() != w.data_ptr() + row * w.stride(0) * w.element_size()
+                    or (b is not None and p.bias.data_ptr() != b.data_ptr() + row * b.element_size())):
+                self._qkv = None  # let the fused copy go
+                return None
+            row += p.out_features
+        return w, b
+
+    def _apply(self, fn, recurse=True):
+        self._qkv = None  # .to() / .float() / ... give the parameters new storage: project them one by one
+        return super()._apply(fn, recurse)
 
     def fast_path_ok(self, q: torch.Tensor) -> bool:
         """The fused kernel never forms the [H, T, T] pattern, so it runs only when no hook listens to (or
@@ -139,9 +175,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window=None) -> torch.Tensor:
         *lead, T, _ = x.shape
         H, K, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
-        q = self.hook_q(self.q_proj(x).view(*lead, T, H, D))  # [T, d] -> [T, H, D]
-        k = self.hook_k(self.k_proj(x).view(*lead, T, K, D))  # [T, d] -> [T, K, D]
-        v = self.hook_v(self.v_proj(x).view(*lead, T, K, D))
+        fused = self._fused_qkv() if _fused_ok(self.use_kernels, x) else None
+        if fused is not None:  # the same three projections in one matmul (fuse_qkv), split into views
+            q, k, v = F.linear(x, *fused).split([H * D, K * D, K * D], -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.hook_q(q.view(*lead, T, H, D))  # [T, d] -> [T, H, D]
+        k = self.hook_k(k.view(*lead, T, K, D))  # [T, d] -> [T, K, D]
+        v = self.hook_v(v.view(*lead, T, K, D))
         from_kernel = None
         if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, one launch for q and k
             from gptoss_viz.runtime.kernels.fused import rope_fused, rope_fused_ok
@@ -473,10 +514,13 @@ class GptOss(HookedModel):
             b.attn.use_kernels = b.mlp.use_kernels = bool(on)
 
     def prepare_kernels(self) -> None:
-        """Re-arrange the packed expert weights for the Hopper MoE kernels now, if they will run (bf16 weights on
-        an sm_90 GPU), rather than in the first forward: load_model calls this, while memory is free."""
+        """Lay out the weights for the fast path once, as load_model does while memory is free: each layer's q/k/v
+        projections side by side (Attention.fuse_qkv, for bf16 on CUDA), and the packed expert weights in the Hopper
+        MoE kernels' order if those will run (bf16 weights on an sm_90 GPU) rather than in the first forward."""
         emb = self.embed_tokens.weight
         for b in self.blocks:
+            if _fused_ok(b.attn.use_kernels, emb):
+                b.attn.fuse_qkv()
             ex = b.mlp.experts
             if (b.mlp.use_kernels and ex.packed
                     and _hopper_moe_ok(emb.device, emb.dtype, emb.shape[1], ex.gate_up_proj_bias.shape[1] // 2)):
