@@ -29,6 +29,8 @@ from triton.language.extra.cuda import libdevice
 
 from gptoss_viz.runtime.kernels.schedule import MoeSchedule, max_tiles
 
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (no libdevice), set at start
+
 
 @triton.jit
 def _round_to(x, DT: tl.constexpr):
@@ -252,7 +254,7 @@ def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     BT = 32
     _route_kernel[(triton.cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT,
                                          EP=triton.next_power_of_2(E), KP=triton.next_power_of_2(k),
-                                         EXPF=os.environ.get("TRITON_INTERPRET") != "1", num_warps=4)
+                                         EXPF=not _INTERPRETED, num_warps=4)
     shape = (*logits.shape[:-1], k)
     return idx.view(shape), weight.view(shape)
 
