@@ -236,7 +236,7 @@ def _htile(*args):
     return HopperTile(*args)
 
 
-# HopperTile(bt, bx, stages[, maxnreg]): the rule's choice, every tile of its table, and no overflow rows at the
+# HopperTile(bt, bx, stages[, maxnreg[, narrow]]): the rule's choice, every tile of its table, and no overflow rows at the
 # large ones
 HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": lambda: _htile(16, 16, 4),
                 "32+32": lambda: _htile(32, 32, 4), "64+32": lambda: _htile(64, 32, 4),
@@ -291,6 +291,42 @@ def test_hopper_moe_skewed_routing(tile):
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)
     check_no_worse(fast, ref, moe_exact(moe, x, idx, weight), f"Hopper MoE tile {tile}, skewed routing")
+
+
+def counted_inputs(counts: list[int], d: int, k: int, seed: int):
+    """x [N, d], idx [N, k] and weights [N, k] that send exactly counts[e] rows to expert e (sum divisible by k;
+    a token may see one expert twice, which the MoE sums like two)."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    flat = torch.repeat_interleave(torch.arange(len(counts), device=DEVICE), torch.tensor(counts, device=DEVICE))
+    assert flat.numel() % k == 0
+    idx = flat[torch.randperm(flat.numel(), generator=g, device=DEVICE)].view(-1, k)
+    N = idx.shape[0]
+    x = torch.randn(N, d, generator=g, device=DEVICE).to(DTYPE)
+    weight = torch.randn(N, k, generator=g, device=DEVICE).softmax(-1).to(DTYPE)
+    return x, idx, weight
+
+
+# rows an expert around every width the 128+32 tile takes: BT / 4 = 32, BT / 2 = 64, BT = 128, BT + BX = 160, and
+# past it (a second tile of 1..160 rows); two empty experts
+NARROW_COUNTS = [1, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 127, 128, 129, 159, 160, 161, 175, 192, 193, 224,
+                 225, 289, 320, 321, 0, 0, 5, 70, 40, 22]
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("bt,bx,stages,maxnreg", [(128, 32, 3, 0), (128, 64, 3, 0), (64, 32, 3, 128)])
+def test_hopper_narrow_tiles_equal_full_width(bt, bx, stages, maxnreg):
+    """Tiles of few rows take a narrower wgmma (bt / 4, bt / 2): bit for bit what the full-width tiles give (the
+    same products summed in the same order), and within the reference's error of exact maths."""
+    from gptoss_viz.runtime.kernels.moe_hopper import HopperTile
+
+    moe = random_moe(2880, 2880, 32, 4, seed=5)
+    x, idx, weight = counted_inputs(NARROW_COUNTS, 2880, 4, seed=5)
+    narrow = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, True))
+    wide = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, False))
+    assert torch.equal(narrow, wide), f"narrow tiles {bt}+{bx}: max |diff| {(narrow - wide).abs().max().item():.3g}"
+    with torch.no_grad():
+        ref = moe.combine(x, idx, weight)
+    check_no_worse(narrow, ref, moe_exact(moe, x, idx, weight), f"Hopper MoE narrow tiles {bt}+{bx}")
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")

@@ -120,9 +120,10 @@ def _smem_scales(s_smem, st, BO: gl.constexpr, WL: gl.constexpr):
 @gluon.jit
 def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
           ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
-          AL2: gl.constexpr):
+          AL2: gl.constexpr, NB: gl.constexpr):
     """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
-    (its stage is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s)."""
+    (its stage is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s): the first NB of
+    the stage's BT rows (NB < BT: a narrow tile), with EXTRA the BX rows after them too."""
     if EXTRA:
         acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
     else:
@@ -131,7 +132,11 @@ def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, sc
     _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                  k + STAGES - 1, num_k, STAGES, BT, EXTRA)
     st = k % STAGES
-    acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
+    if NB < BT:
+        acc = hopper.warpgroup_mma(w, a_smem.index(st).slice(0, NB).permute((1, 0)), acc, use_acc=USE_ACC,
+                                   is_async=True)
+    else:
+        acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
     if EXTRA:
         acc2 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc2,
                                     use_acc=USE_ACC, is_async=True)
@@ -149,11 +154,12 @@ def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexp
 
 @gluon.jit
 def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
-            BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
-    """The K loop: [BO, BT] (and with EXTRA [BO, BX], the next BX rows) fp32 accumulators. A step decodes into
-    one of two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
-    registers the running wgmma still reads)."""
-    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
+            BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr,
+            NB: gl.constexpr):
+    """The K loop: [BO, NB] (the first NB of the BT rows a stage holds; and with EXTRA [BO, BX], the next BX
+    rows) fp32 accumulators. A step decodes into one of two register sets (wa, wb) while the other set's wgmma
+    runs (with one set, the decode would overwrite registers the running wgmma still reads)."""
+    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NB, 16])
     ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
     AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
     AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
@@ -161,25 +167,25 @@ def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_s
     for i in gl.static_range(STAGES - 1):
         _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                      i, num_k, STAGES, BT, EXTRA)
-    acc = gl.zeros([BO, BT], gl.float32, ACC)
+    acc = gl.zeros([BO, NB], gl.float32, ACC)
     acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
     # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
     wa = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL)
     acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
-                      w_smem, s_smem, ready, num_k, False, STAGES, BT, EXTRA, AL2)
+                      w_smem, s_smem, ready, num_k, False, STAGES, BT, EXTRA, AL2, NB)
     # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
     # other's wgmma
     for k in range(1, num_k - 1, 2):
         wb = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL)
         acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
-                          w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
+                          w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
         wa = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
         acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
-                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
+                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
     if num_k % 2 == 0:  # one step left
         wb = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
         acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
-                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2)
+                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
     if EXTRA:
         acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
     else:
@@ -226,12 +232,30 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 
 
 @gluon.jit
+def _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N,
+          stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
+          GATE_UP: gl.constexpr, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
+          EXTRA: gl.constexpr, NB: gl.constexpr):
+    """One tile: the K loop on its first NB rows (with EXTRA, BT rows and the BX after them) and the epilogue(s)."""
+    acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                        ready, num_k, BO, BT, BX, STAGES, EXTRA, NB)
+    if EXTRA:
+        _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
+                  stride_om, limit, alpha, GATE_UP, BT, BO)
+        _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
+                  stride_om, limit, alpha, GATE_UP, BX, BO)
+    else:
+        _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
+                  stride_om, limit, alpha, GATE_UP, NB, BO)
+
+
+@gluon.jit
 def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr,
                    tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                    K, N, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
-                   BO: gl.constexpr, STAGES: gl.constexpr):
+                   BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
@@ -255,18 +279,28 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
-        if end - start > BT:
-            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                                ready, num_k, BO, BT, BX, STAGES, True)
-            _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, BT, BO)
-            _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, BX, BO)
+        rows = end - start
+        if rows > BT:  # BT rows and up to BX more
+            _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n,
+                  N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
+                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT)
+        elif NARROW:  # the wgmma as wide as the tile's rows need: BT // 4, BT // 2 or BT (all >= 16)
+            if rows <= BT // 4:
+                _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
+                      pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4)
+            elif rows <= BT // 2:
+                _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
+                      pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2)
+            else:
+                _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
+                      pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT)
         else:
-            acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                                ready, num_k, BO, BT, BX, STAGES, False)
-            _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, BT, BO)
+            _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
+                  pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -274,11 +308,13 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
 class HopperTile(NamedTuple):
     """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
     `stages` K steps' copies (activation rows, weight words and scales) in flight, at most `maxnreg` registers a
-    thread (0: ptxas's choice)."""
+    thread (0: ptxas's choice); `narrow`: a tile of at most bt / 4 or bt / 2 rows runs a wgmma of that width
+    instead of bt (taken only where those are >= 16 rows)."""
     bt: int
     bx: int
     stages: int
     maxnreg: int = 0
+    narrow: bool = True
 
 
 def hopper_tile(rows_per_expert: float) -> HopperTile:
@@ -343,8 +379,9 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages, maxnreg = tile or hopper_tile(A / E)
+    bt, bx, stages, maxnreg, narrow = tile or hopper_tile(A / E)
     regs = {"maxnreg": maxnreg} if maxnreg else {}
+    narrow = bool(narrow) and bt >= 64
     s = moe_schedule_fused(idx, E, bt + bx)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
@@ -357,7 +394,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * BO], _SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, num_warps=4, **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
     _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
@@ -366,5 +403,5 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * BO], _SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, num_warps=4, **regs)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, num_warps=4, **regs)
     return sum_slots(y, N, x.dtype, residual)

@@ -1,0 +1,47 @@
+"""How the random 20b model's routing spreads each layer's rows over the experts, and how many tiles (and of what
+fill) the Hopper MoE schedule cuts them into. Development probe (issue 6): `routing_probe.py OUT.json [LENGTHS]`."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gptoss_viz.runtime.kernels.moe_hopper import hopper_tile  # noqa: E402
+from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    lengths = [int(t) for t in sys.argv[2:]] or [128, 1024, 2048]
+    cfg = gptoss_config("20b")
+    model = random_packed_model(cfg, "cuda")
+    model.prepare_kernels()
+    E, k = cfg.num_local_experts, cfg.num_experts_per_tok
+    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for T in lengths:
+        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(ids, names_filter=r"blocks\.\d+\.mlp\.hook_expert_idx")
+        tile = hopper_tile(T * k / E)
+        layers = []
+        for name, idx in cache.items():
+            counts = torch.bincount(idx.reshape(-1), minlength=E).tolist()
+            bm = tile.bt + tile.bx
+            fills = []  # rows of each tile the schedule cuts
+            for c in counts:
+                while c > 0:
+                    fills.append(min(c, bm))
+                    c -= bm
+            layers.append({"layer": name, "counts": counts, "tile_rows": fills})
+        R["lengths"].append({"T": T, "tile": list(tile), "layers": layers})
+        print(T, tile, "tiles a layer:", [len(l["tile_rows"]) for l in layers], flush=True)
+    out.write_text(json.dumps(R))
+
+
+if __name__ == "__main__":
+    main()
