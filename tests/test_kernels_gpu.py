@@ -401,6 +401,27 @@ def test_attention_kernel_matches_reference(T, window):
 
 
 @interpretable
+@pytest.mark.parametrize("window", (None, 40, 16), ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (64, 32)])
+def test_attention_kernel_block_sizes(block_m, block_n, window):
+    """Small blocks, so that a query block walks many key blocks: under full causal attention the whole ones
+    unmasked, then the diagonal (block_m = 2 block_n: two of them); under a window, blocks cut by its edge."""
+    from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
+
+    H, K, D = ATTN_SHAPE
+    T = 300 if CUDA else 100
+    g = torch.Generator(device=DEVICE).manual_seed(block_m + block_n + (window or 0))
+    q, k, v = (torch.randn(T, n, D, generator=g, device=DEVICE).to(DTYPE) for n in (H, K, K))
+    sinks = (2 + 2 * torch.randn(H, generator=g, device=DEVICE)).to(DTYPE)
+    out, sink_prob = attention_with_sinks_fused(q, k, v, sinks, window, want_sink=True, block_m=block_m,
+                                                block_n=block_n)
+    pattern, sink_ref = attention_with_sinks(q, k, sinks, window)
+    where = f"attention blocks {block_m}x{block_n} T={T} window={window}"
+    check_no_worse(out, attend(pattern, v), attend(pattern, v.float()), where)
+    assert (sink_prob - sink_ref).abs().max().item() <= SINK_ATOL, where
+
+
+@interpretable
 def test_attention_kernel_batched_and_strided():
     """A leading batch dimension, and q/k/v that are views into one fused projection (non-contiguous)."""
     from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused

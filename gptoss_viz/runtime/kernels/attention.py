@@ -7,7 +7,8 @@ the allowed keys BN at a time with a running max m and running sum l. The sink i
 vector, so the running state simply starts at it: m = sink, l = exp(sink - m) = 1, acc = 0. At the end
 out = acc / l and the sink probability is exp(sink - m) / l = exp(sink - logsumexp), one number per row: cheap
 to return when a hook asks for it. Sliding layers start the key loop at the window's first key, so they cost
-O(T * window) instead of O(T^2).
+O(T * window) instead of O(T^2). Full causal layers walk the key blocks before a query block's first query without
+forming a mask (every one of those keys is allowed for every query in the block), then the diagonal ones masked.
 
 Scores are bf16 q . k accumulated in fp32 (the reference upcasts q and k and multiplies in fp32: the products of
 bf16 values are exact in fp32 in both, only the summation order differs), the softmax is fp32 (exp2 with the
@@ -27,11 +28,40 @@ import triton.language as tl
 
 
 @triton.jit
+def _attn_keys(q, k_ptr, v_ptr, rm, rd, m_i, l_i, acc, n_lo, n_hi, T, window, qk_scale, skt, svt,
+               BN: tl.constexpr, MASKED: tl.constexpr):
+    """The running softmax state (m_i, l_i, acc) of the queries rm after keys n_lo..n_hi (block-aligned): with
+    MASKED, each key is checked against causality, the window and T; without, every key is allowed for every
+    query (the caller's promise), and no mask is formed."""
+    for n0 in range(n_lo, n_hi, BN):
+        rn = n0 + tl.arange(0, BN)
+        if MASKED:
+            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None], mask=(rn < T)[None, :], other=0.0)  # [D, BN]
+        else:
+            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None])
+        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
+        if MASKED:
+            allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
+            s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: m_i starts at the sink
+        rescale = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * rescale + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptr + rn[:, None] * svt + rd[None, :], mask=(rn < T)[:, None], other=0.0)  # [BN, D]
+        else:
+            v = tl.load(v_ptr + rn[:, None] * svt + rd[None, :])
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
                        T, window, qk_scale,
                        sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, spb, sph,
                        GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       WRITE_SINK: tl.constexpr):
+                       WRITE_SINK: tl.constexpr, WINDOWED: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -46,24 +76,19 @@ def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
     m_i = tl.zeros([BM], dtype=tl.float32) + sink  # running max, starting at the sink column
     l_i = tl.zeros([BM], dtype=tl.float32) + 1.0  # running sum of exp(. - m): the sink's own exp(0)
     acc = tl.zeros([BM, D], dtype=tl.float32)
-    lo = q_start - window + 1  # the first query's first key
-    lo = (lo * (lo > 0) // BN) * BN  # clamped at 0, down to its key block
-    # causal: no key after the last query (keys past T are masked for every row that is stored)
-    for n0 in range(lo, q_start + BM, BN):
-        rn = n0 + tl.arange(0, BN)
-        kt = tl.load(k_ptr + b * skb + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :],
-                     other=0.0)  # [D, BN]
-        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
-        allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: m_i starts at the sink
-        rescale = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * rescale + tl.sum(p, 1)
-        v = tl.load(v_ptr + b * svb + rn[:, None] * svt + kvh * svh + rd[None, :], mask=(rn < T)[:, None],
-                    other=0.0)  # [BN, D]
-        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    kb = k_ptr + b * skb + kvh * skh
+    vb = v_ptr + b * svb + kvh * svh
+    if WINDOWED:  # one masked loop from the first query's first key (a loop a block long is faster so than split)
+        lo = q_start - window + 1
+        lo = (lo * (lo > 0) // BN) * BN  # clamped at 0, down to its key block
+        m_i, l_i, acc = _attn_keys(q, kb, vb, rm, rd, m_i, l_i, acc, lo, q_start + BM, T, window, qk_scale, skt,
+                                   svt, BN, True)
+    else:  # the key blocks before the first query, whole for every query (BM is a multiple of BN), unmasked
+        m_i, l_i, acc = _attn_keys(q, kb, vb, rm, rd, m_i, l_i, acc, 0, q_start, T, window, qk_scale, skt, svt, BN,
+                                   False)
+        # then the diagonal blocks (no key after the last query; keys past T masked for every stored row)
+        m_i, l_i, acc = _attn_keys(q, kb, vb, rm, rd, m_i, l_i, acc, q_start, q_start + BM, T, window, qk_scale,
+                                   skt, svt, BN, True)
     out = acc / l_i[:, None]
     tl.store(o_ptr + b * sob + rm[:, None] * sot + h * soh + rd[None, :], out.to(o_ptr.dtype.element_ty),
              mask=mask_m[:, None])
@@ -80,9 +105,12 @@ def _check_heads(H: int, K: int, D: int) -> None:
 
 def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
                                window: int | None = None, scale: float | None = None, want_sink: bool = False,
-                               block_m: int = 64, block_n: int = 64):
+                               block_m: int = 64, block_n: int = 64, num_warps: int = 4,
+                               num_stages: int | None = None):
     """q [..., T, H, D], k/v [..., T, K, D], sinks [H] -> (out [..., T, H, D] in q.dtype,
-    sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v)."""
+    sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v).
+    The block sizes and launch settings are for tests and benchmarks/attention_kernel.py; by default 3 stages
+    for full causal attention and 2 with a window (the faster of each on an H200: results/attention_kernel_*)."""
     *lead, T, H, D = q.shape
     K = k.shape[-2]
     _check_heads(H, K, D)
@@ -92,14 +120,20 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     B = q3.shape[0]
     out = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
     sink_prob = torch.empty(B, H, T, device=q.device, dtype=torch.float32) if want_sink else out
-    win = T + block_m if window is None else int(window)  # a window longer than the sequence = full causal
+    windowed = window is not None and int(window) < T  # a window as long as the sequence = full causal
+    win = int(window) if windowed else T + block_m
+    if num_stages is None:
+        num_stages = 2 if windowed else 3
+    if block_m % block_n:
+        raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
     grid = (triton.cdiv(T, block_m), H, B)
     _attn_sinks_kernel[grid](
         q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
         q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
         v3.stride(0), v3.stride(1), v3.stride(2), out.stride(0), out.stride(1), out.stride(2),
         sink_prob.stride(0) if want_sink else 0, sink_prob.stride(1) if want_sink else 0,
-        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, num_warps=4, num_stages=2)
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, WINDOWED=windowed,
+        num_warps=num_warps, num_stages=num_stages)
     out = out.view(*lead, T, H, D)
     return out, (sink_prob.view(*lead, H, T) if want_sink else None)
 
