@@ -1,0 +1,59 @@
+"""The Hopper MoE kernels' GPU time inside the whole 20b forward with narrow tiles (HopperTile.narrow) on and off,
+same process, alternating, and the logits of the two (they should be equal bit for bit). Development probe
+(issue 6): `narrow_probe.py OUT.json [LENGTHS]`."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
+from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+
+RULE = moe_hopper.hopper_tile
+
+
+def moe_ms(model, ids) -> float:
+    """Summed GPU ms of the MoE kernels in one forward (mean of 3)."""
+    model(ids)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            model(ids)
+        torch.cuda.synchronize()
+    return sum(ev.device_time for ev in prof.events() if ev.device_type.name == "CUDA"
+               and "moe_hopper" in ev.name) / 3 / 1e3
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    lengths = [int(t) for t in sys.argv[2:]] or [512, 1024, 2048, 4096]
+    model = random_packed_model(gptoss_config("20b"), "cuda")
+    model.prepare_kernels()
+    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for T in lengths:
+        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+        times = {True: [], False: []}
+        logits = {}
+        with torch.inference_mode():
+            for _ in range(3):
+                for narrow in (False, True):
+                    moe_hopper.hopper_tile = lambda m, narrow=narrow: RULE(m)._replace(narrow=narrow)
+                    times[narrow].append(moe_ms(model, ids))
+                    logits[narrow] = model(ids)
+        moe_hopper.hopper_tile = RULE
+        row = {"T": T, "tile": list(RULE(T * 4 / 32)), "moe_ms_wide": times[False], "moe_ms_narrow": times[True],
+               "logits_equal": torch.equal(logits[True], logits[False])}
+        print(json.dumps(row), flush=True)
+        R["lengths"].append(row)
+    out.write_text(json.dumps(R, indent=1))
+
+
+if __name__ == "__main__":
+    main()
