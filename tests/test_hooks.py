@@ -295,6 +295,35 @@ def test_unhooked_hookpoint_is_identity_on_the_same_object(gptoss):
     assert not hp_model.active
 
 
+def test_torch_module_hooks_on_a_hookpoint_still_run():
+    """An unhooked HookPoint skips nn.Module's call machinery; torch's own hooks, on the module or global, still
+    run (they need that machinery), and so do ours alongside them."""
+    hp = HookPoint("[T, d]")
+    x = torch.randn(3, 4)
+    handle = hp.register_forward_hook(lambda mod, args, out: out * 2)
+    try:
+        assert torch.equal(hp(x), 2 * x)
+        hp._fns.append(lambda t, hook: t + 1)
+        assert torch.equal(hp(x), 2 * (x + 1))
+        hp._fns.clear()
+    finally:
+        handle.remove()
+    assert hp(x) is x
+    pre = hp.register_forward_pre_hook(lambda mod, args: (args[0] - 1,))
+    try:
+        assert torch.equal(hp(x), x - 1)
+    finally:
+        pre.remove()
+    seen = []
+    glob = torch.nn.modules.module.register_module_forward_hook(lambda mod, args, out: seen.append(type(mod)))
+    try:
+        hp(x)
+    finally:
+        glob.remove()
+    assert seen == [HookPoint]
+    assert hp(x) is x
+
+
 def test_run_with_cache_returns_detached_tensors():
     """On a model whose parameters require grad (as in training), cached tensors and logits carry no graph."""
     m = randomize(GptOss(tiny_gptoss_config(quant_method=None), packed=False), seed=5)

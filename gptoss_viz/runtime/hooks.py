@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
@@ -35,6 +36,17 @@ class HookPoint(nn.Module):
     def active(self) -> bool:
         """True while some hook listens here: lets the model skip work nobody asked for."""
         return bool(self._fns)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # nothing listens: the identity, without nn.Module's call machinery (a forward passes ~15 hook points a
+        # layer, each some microseconds of host time that the GPU may wait for); torch's own module hooks, where
+        # any are registered, still run through nn.Module.__call__
+        if (self._fns or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                or self._backward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
+                or _torch_module._global_backward_pre_hooks):
+            return super().__call__(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fn in self._fns:
