@@ -1,0 +1,56 @@
+"""The full trace's cost over the plain forward, both timed the same way (host wall clock from launch to the GPU's
+end), interleaved, many times, so that the host's drifting speed hits both alike. Development probe (issue 6):
+`trace_ratio_probe.py OUT.json [LENGTHS]`."""
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_gptoss import IdsOnly  # noqa: E402
+
+from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+from gptoss_viz.trace import run_trace  # noqa: E402
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    lengths = [int(t) for t in sys.argv[2:]] or [1024, 2048]
+    model = random_packed_model(gptoss_config("20b"), "cuda")
+    model.prepare_kernels()
+    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for T in lengths:
+        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+        model.tokenizer = IdsOnly(ids.tolist())
+        fwd, trace = [], []
+        with torch.inference_mode():
+            for _ in range(3):
+                model(ids)
+                run_trace(model, "x")
+            for _ in range(15):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model(ids)
+                torch.cuda.synchronize()
+                fwd.append((time.perf_counter() - t0) * 1e3)
+                trace.append(run_trace(model, "x").seconds * 1e3)
+        ratios = [t / f for t, f in zip(trace, fwd)]
+        row = {"T": T, "forward_ms": [round(v, 2) for v in fwd], "full_trace_ms": [round(v, 2) for v in trace],
+               "median_forward_ms": statistics.median(fwd), "median_full_trace_ms": statistics.median(trace),
+               "median_ratio": statistics.median(ratios), "ratio_of_medians":
+               statistics.median(trace) / statistics.median(fwd)}
+        print(json.dumps(row), flush=True)
+        R["lengths"].append(row)
+    out.write_text(json.dumps(R, indent=1))
+
+
+if __name__ == "__main__":
+    main()
