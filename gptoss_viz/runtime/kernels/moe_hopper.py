@@ -19,7 +19,9 @@ scales of 64 rows are 128 consecutive bytes) come in the same stage.
 A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
 BT rows (routing scatters the rows per expert around their mean) does not take a second tile that decodes its
-weights again. Tiles of one row range launch next to each other (feature tiles first): they share the activations
+weights again; a tile of at most BT/4 or BT/2 rows (an expert's last, or a rarely chosen expert's) runs a wgmma
+only that wide, on the first rows of its stage (`HopperTile.narrow`; 1.9% less MoE time in the 20b forward at 1024
+tokens, benchmarks/experiments/narrow_probe.py). Tiles of one row range launch next to each other (feature tiles first): they share the activations
 in L2.
 
 Arithmetic: moe.py's (_decode_asm's bit trick, the same two multiplies; fp32 accumulation over the same K steps; the
