@@ -11,9 +11,11 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+
+from probe_setup import probe_setup  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
-from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 
 RULE = moe_hopper.hopper_tile
 
@@ -31,14 +33,8 @@ def moe_ms(model, ids) -> float:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    lengths = [int(t) for t in sys.argv[2:]] or [512, 1024, 2048, 4096]
-    model = random_packed_model(gptoss_config("20b"), "cuda")
-    model.prepare_kernels()
-    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for T in lengths:
-        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+    out, _, model, R, prompts = probe_setup([512, 1024, 2048, 4096])
+    for T, ids in prompts:
         times = {True: [], False: []}
         logits = {}
         with torch.inference_mode():

@@ -9,22 +9,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+
+from probe_setup import probe_setup  # noqa: E402
 
 from gptoss_viz.runtime.kernels.moe_hopper import hopper_tile  # noqa: E402
-from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    lengths = [int(t) for t in sys.argv[2:]] or [128, 1024, 2048]
-    cfg = gptoss_config("20b")
-    model = random_packed_model(cfg, "cuda")
-    model.prepare_kernels()
+    out, cfg, model, R, prompts = probe_setup([128, 1024, 2048])
     E, k = cfg.num_local_experts, cfg.num_experts_per_tok
-    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for T in lengths:
-        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+    for T, ids in prompts:
         with torch.inference_mode():
             _, cache = model.run_with_cache(ids, names_filter=r"blocks\.\d+\.mlp\.hook_expert_idx")
         tile = hopper_tile(T * k / E)

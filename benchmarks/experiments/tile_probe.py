@@ -14,9 +14,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
 from narrow_probe import moe_ms  # noqa: E402
+from probe_setup import probe_setup  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
-from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 
 H = moe_hopper.HopperTile
 RULE = moe_hopper.hopper_tile
@@ -25,14 +25,8 @@ VARIANTS = {"128+64": H(128, 64, 3), "128+16": H(128, 16, 3), "64+32 r128": H(64
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    lengths = [int(t) for t in sys.argv[2:]] or [1024, 2048]
-    model = random_packed_model(gptoss_config("20b"), "cuda")
-    model.prepare_kernels()
-    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for T in lengths:
-        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+    out, _, model, R, prompts = probe_setup([1024, 2048])
+    for T, ids in prompts:
         times = {"rule": []} | {n: [] for n in VARIANTS}
         diffs = {}
         with torch.inference_mode():

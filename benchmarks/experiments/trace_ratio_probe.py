@@ -13,22 +13,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
 from gpu_gptoss import IdsOnly  # noqa: E402
+from probe_setup import probe_setup  # noqa: E402
 
-from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 from gptoss_viz.trace import run_trace  # noqa: E402
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    lengths = [int(t) for t in sys.argv[2:]] or [1024, 2048]
-    model = random_packed_model(gptoss_config("20b"), "cuda")
-    model.prepare_kernels()
-    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for T in lengths:
-        ids = torch.randint(0, 8000, (T,), device="cuda", generator=g)
+    out, _, model, R, prompts = probe_setup([1024, 2048])
+    for T, ids in prompts:
         model.tokenizer = IdsOnly(ids.tolist())
         fwd, trace, wall = [], [], []  # wall: all of run_trace, the Trace's copies to the host too
         with torch.inference_mode():

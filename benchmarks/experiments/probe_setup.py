@@ -1,0 +1,26 @@
+"""What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model built in GPU
+memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for each length
+(seed 0, drawn in order)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+
+
+def probe_setup(default_lengths: list[int]):
+    """(out, cfg, model, R, prompts): prompts yields (T, ids [T] on the GPU) for each length asked for."""
+    out = Path(sys.argv[1])
+    lengths = [int(t) for t in sys.argv[2:]] or default_lengths
+    cfg = gptoss_config("20b")
+    model = random_packed_model(cfg, "cuda")
+    model.prepare_kernels()
+    R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    prompts = ((T, torch.randint(0, 8000, (T,), device="cuda", generator=g)) for T in lengths)
+    return out, cfg, model, R, prompts
