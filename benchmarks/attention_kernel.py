@@ -7,8 +7,8 @@ runs; no sinks, no window) on the same q/k/v, same GPU, same run (issue 6).
 Per length and window (full causal, and gpt-oss's 128-token window): our kernel at its default launch and at the
 variants given, each against the reference path's output (relative Frobenius difference), its GPU time (a CUDA
 graph of 20 calls replayed, CUDA events, median over replays, divided by 20: a call of a few tens of microseconds
-launched alone would time the host) and its useful TFLOP/s (causal: 2 T^2 H D for q.k and p.v over the allowed pairs); the peer's time on full
-causal attention (the same allowed pairs) and ours / peer.
+launched alone would time the host) and its useful TFLOP/s (4 H D flops per allowed (query, key) pair: q.k and
+p.v); the peer's time on full causal attention (the same allowed pairs) and ours / peer.
 """
 
 from __future__ import annotations

@@ -236,8 +236,8 @@ def _htile(*args):
     return HopperTile(*args)
 
 
-# HopperTile(bt, bx, stages[, maxnreg[, narrow]]): the rule's choice, every tile of its table, and no overflow rows at the
-# large ones
+# HopperTile(bt, bx, stages[, maxnreg[, narrow]]): the rule's choice, every tile of its table, and no overflow rows
+# at the large ones
 HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": lambda: _htile(16, 16, 4),
                 "32+32": lambda: _htile(32, 32, 4), "64+32": lambda: _htile(64, 32, 4),
                 "64+32 s2 r128": lambda: _htile(64, 32, 2, 128), "64+32 s3 r128": lambda: _htile(64, 32, 3, 128),

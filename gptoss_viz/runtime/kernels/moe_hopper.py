@@ -21,8 +21,8 @@ rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow
 BT rows (routing scatters the rows per expert around their mean) does not take a second tile that decodes its
 weights again; a tile of at most BT/4 or BT/2 rows (an expert's last, or a rarely chosen expert's) runs a wgmma
 only that wide, on the first rows of its stage (`HopperTile.narrow`; 1.9% less MoE time in the 20b forward at 1024
-tokens, benchmarks/experiments/narrow_probe.py). Tiles of one row range launch next to each other (feature tiles first): they share the activations
-in L2.
+tokens, benchmarks/experiments/narrow_probe.py). Tiles of one row range launch next to each other (feature tiles
+first): they share the activations in L2.
 
 Arithmetic: moe.py's (_decode_asm's bit trick, the same two multiplies; fp32 accumulation over the same K steps; the
 same epilogues), and on an H200 the outputs were bit-identical to moe.py's kernels at every size measured
