@@ -8,7 +8,10 @@ Per length and window (full causal, and gpt-oss's 128-token window): our kernel 
 variants given, each against the reference path's output (relative Frobenius difference), its GPU time (a CUDA
 graph of 20 calls replayed, CUDA events, median over replays, divided by 20: a call of a few tens of microseconds
 launched alone would time the host) and its useful TFLOP/s (4 H D flops per allowed (query, key) pair: q.k and
-p.v); the peer's time on full causal attention (the same allowed pairs) and ours / peer.
+p.v); the peer's time on full causal attention (the same allowed pairs) and ours / peer. With --stats, also the
+Trace's pattern statistics kernel (pattern_stats_fused: first-token and distance-bucket masses of gpt-oss's
+buckets) on the same q/k, its largest difference from the reference path (trace.pattern_reductions without the
+kernel) and its time over the attention kernel's default.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def graph_ms(fn, calls: int = 20) -> float:
     return gpu_ms(graph.replay, warmup=2, reps=9) / calls
 
 from gptoss_viz.runtime.gptoss import attend, attention_with_sinks  # noqa: E402
-from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused  # noqa: E402
+from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused, pattern_stats_fused  # noqa: E402
+from gptoss_viz.trace import distance_edges, pattern_reductions  # noqa: E402
 
 H, K, D = 64, 8, 64
 VARIANTS = {"default": {}, "bm64 s2": dict(num_stages=2), "bm64 s3": dict(num_stages=3),
@@ -59,11 +63,25 @@ def allowed_pairs(T: int, window: int | None) -> int:
     return w * (w + 1) // 2 + (T - w) * w
 
 
+def stats_row(q, k, v, sinks, T: int, window: int | None) -> dict:
+    """The pattern statistics kernel on these q/k: its GPU time, over the attention kernel's, and its largest
+    difference from the reference path."""
+    edges = torch.as_tensor(distance_edges(T, 128), device="cuda")
+    first, dist = pattern_stats_fused(q, k, sinks, window, edges)
+    first_ref, dist_ref = pattern_reductions(q, k, sinks, window, edges, use_kernel=False)
+    ms = graph_ms(lambda: pattern_stats_fused(q, k, sinks, window, edges))
+    attn = graph_ms(lambda: attention_with_sinks_fused(q, k, v, sinks, window))
+    return {"T": T, "window": window, "kernel": "pattern_stats", "ms": ms, "attention_ms": attn,
+            "over_attention": ms / attn, "max_abs_diff": max((first - first_ref).abs().max().item(),
+                                                             (dist - dist_ref).abs().max().item())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--lengths", type=int, nargs="*", default=[1024, 2048, 4096])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--stats", action="store_true", help="also time the pattern statistics kernel")
     args = ap.parse_args()
     R = {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
          "torch": torch.__version__, "triton": __import__("triton").__version__}, "rows": []}
@@ -93,6 +111,9 @@ def main() -> None:
                         row = {"T": T, "window": window, "variant": name, "error": f"{type(e).__name__}: {e}"[:300]}
                     print(json.dumps(row), flush=True)
                     R["rows"].append(row)
+                if args.stats:
+                    R["rows"].append(stats_row(q, k, v, sinks, T, window))
+                    print(json.dumps(R["rows"][-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(R, indent=1))
 

@@ -438,34 +438,51 @@ def test_attention_kernel_batched_and_strided():
     assert (sp - sink_ref).abs().max().item() <= SINK_ATOL
 
 
-@pytest.mark.skipif(not CUDA, reason="compared against the reference on the GPU")
-@pytest.mark.parametrize("window", ATTN_WINDOWS, ids=lambda w: f"window{w}")
-@pytest.mark.parametrize("T", ATTN_T)
-def test_pattern_stats_kernel_matches_reference(T, window):
-    """The Trace's first-token and distance-bucket masses from the kernel against the reference blocks of
-    attention_with_sinks; both sum fp32 probabilities of logits from exact bf16 products (only the summation
-    order differs), so they agree to SINK_ATOL like the sink probabilities."""
+def _check_pattern_stats(T, window, seed, **blocks):
+    """pattern_stats_fused against trace.pattern_reductions' reference path (the blocks of attention_with_sinks)."""
     from gptoss_viz.runtime.kernels.attention import pattern_stats_fused
     from gptoss_viz.trace import distance_edges, pattern_reductions
 
     H, K, D = ATTN_SHAPE
-    g = torch.Generator(device=DEVICE).manual_seed(T * 11 + (window or 0))
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
     q = (3 * torch.randn(T, H, D, generator=g, device=DEVICE)).to(DTYPE)
     k = (3 * torch.randn(T, K, D, generator=g, device=DEVICE)).to(DTYPE)
     k[0] *= 4  # a strong first key, so the first-token mass is not tiny
     sinks = (1 + torch.randn(H, generator=g, device=DEVICE)).to(DTYPE)
     edges = distance_edges(T, 128)
-    first, dist = pattern_stats_fused(q, k, sinks, window, edges)
+    first, dist = pattern_stats_fused(q, k, sinks, window, edges, **blocks)
     first_ref, dist_ref = pattern_reductions(q, k, sinks, window, edges, use_kernel=False)
-    where = f"pattern stats T={T} window={window}"
+    where = f"pattern stats T={T} window={window} {blocks}"
     assert first.shape == first_ref.shape and dist.shape == dist_ref.shape, where
     assert (first - first_ref).abs().max().item() <= SINK_ATOL, f"{where}: first-token mass {first[:4]} vs {first_ref[:4]}"
     worst = (dist - dist_ref).abs().max().item()
     assert worst <= SINK_ATOL, f"{where}: distance mass differs by {worst:.3g}"
+    assert (dist.sum(-1) - dist_ref.sum(-1)).abs().max().item() <= SINK_ATOL, where
     if window is not None:  # nothing beyond the window
         beyond = torch.as_tensor(edges[:-1], device=DEVICE) >= window
         if beyond.any():
             assert dist[:, beyond].abs().max().item() == 0.0, f"{where}: mass beyond the window"
+
+
+@interpretable
+@pytest.mark.parametrize("window", ATTN_WINDOWS, ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("T", ATTN_T)
+def test_pattern_stats_kernel_matches_reference(T, window):
+    """The Trace's first-token and distance-bucket masses from the kernel against the reference blocks of
+    attention_with_sinks; both sum fp32 probabilities of logits from exact bf16 products (only the summation
+    order and the kernel's rescaling by the running max differ), so they agree to SINK_ATOL like the sink
+    probabilities."""
+    _check_pattern_stats(T, window, T * 11 + (window or 0))
+
+
+@interpretable
+@pytest.mark.parametrize("window", (None, 40, 16), ids=lambda w: f"window{w}")
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (64, 32)])
+def test_pattern_stats_kernel_block_sizes(block_m, block_n, window):
+    """Small blocks, so that a query block walks many key blocks: whole ones (unmasked under full causal
+    attention, many inside one distance bucket), the diagonal ones, and blocks cut by the window's edge."""
+    _check_pattern_stats(300 if CUDA else 100, window, block_m * 3 + block_n + (window or 0), block_m=block_m,
+                         block_n=block_n)
 
 
 # ---------------------------------------------------------------------------------------------------------------

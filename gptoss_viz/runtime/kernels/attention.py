@@ -142,13 +142,55 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 # The Trace's pattern statistics without the pattern
 
 @triton.jit
+def _stats_keys(q, k_ptr, rm, rd, m_i, l_i, acc, rb, q_start, edges_ptr, n_lo, n_hi, T, window, qk_scale, skt,
+                BM: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr):
+    """Keys n_lo..n_hi (block-aligned) into the running state of the queries rm: max m_i and sum l_i with the
+    sink column, as the forward kernel keeps them, and acc [BM, NBP]: each row's mass in each distance bucket
+    (column NB: on key 0) in units of exp2(. - m_i), rescaled with l_i whenever m_i grows. With MASKED each key is
+    checked against causality, the window and T; without, every key is allowed for every query (the caller's
+    promise). A bucket a tile lies wholly inside takes the row sums l_i already needs, with no mask."""
+    for n0 in range(n_lo, n_hi, BN):
+        rn = n0 + tl.arange(0, BN)
+        if MASKED:
+            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None], mask=(rn < T)[None, :], other=0.0)  # [D, BN]
+        else:
+            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None])
+        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
+        d = rm[:, None] - rn[None, :]  # query position - key position
+        if MASKED:
+            s = tl.where((d >= 0) & (d < window), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: m_i starts at the sink
+        rescale = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        row = tl.sum(p, 1)
+        l_i = l_i * rescale + row
+        acc = acc * rescale[:, None]
+        d_min = q_start - (n0 + BN - 1)  # the distances this tile spans
+        d_max = q_start + BM - 1 - n0
+        for b in tl.static_range(NB):
+            e_lo = tl.load(edges_ptr + b)
+            e_hi = tl.load(edges_ptr + b + 1)
+            if (e_lo <= d_min) & (e_hi > d_max):  # the whole tile in bucket b
+                acc = tl.where(rb[None, :] == b, acc + row[:, None], acc)
+            elif (e_hi > d_min) & (e_lo <= d_max):  # part of it
+                mass = tl.sum(tl.where((d >= e_lo) & (d < e_hi), p, 0.0), 1)
+                acc = tl.where(rb[None, :] == b, acc + mass[:, None], acc)
+        if n0 == 0:
+            on_first = tl.sum(tl.where(rn[None, :] == 0, p, 0.0), 1)
+            acc = tl.where(rb[None, :] == NB, acc + on_first[:, None], acc)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _pattern_stats_kernel(q_ptr, k_ptr, sinks_ptr, edges_ptr, out_ptr,
                           T, window, qk_scale, sqt, sqh, skt, skh, so_m, so_h,
                           GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                          NB: tl.constexpr, NBP: tl.constexpr):
+                          NB: tl.constexpr, NBP: tl.constexpr, WINDOWED: tl.constexpr):
     """Per (query block, head): the mass each distance bucket gets and the mass on key 0 (queries >= 1), summed
-    over the block's queries. Pass 1 finds each row's running max and sum with the sink column, exactly as the
-    forward kernel does; pass 2 walks the same keys again and adds exp2(s - m) / l into the buckets."""
+    over the block's queries, in one walk over the keys: each row's bucket sums are kept relative to its running
+    max, like the forward kernel's output, and divided by its final sum at the end. Full causal layers walk the
+    key blocks before the first query unmasked, then the diagonal masked; sliding layers one masked loop."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
@@ -161,44 +203,29 @@ def _pattern_stats_kernel(q_ptr, k_ptr, sinks_ptr, edges_ptr, out_ptr,
     sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E
     m_i = tl.zeros([BM], dtype=tl.float32) + sink
     l_i = tl.zeros([BM], dtype=tl.float32) + 1.0
-    lo = q_start - window + 1
-    lo = (lo * (lo > 0) // BN) * BN
-    for n0 in range(lo, q_start + BM, BN):
-        rn = n0 + tl.arange(0, BN)
-        kt = tl.load(k_ptr + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :], other=0.0)
-        s = tl.dot(q, kt) * qk_scale
-        allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
-        m_i = m_new
-    inv_l = 1.0 / l_i
     rb = tl.arange(0, NBP)
-    dist = tl.zeros([NBP], dtype=tl.float32)
-    first = tl.sum(tl.zeros([BM], dtype=tl.float32), 0)
-    for n0 in range(lo, q_start + BM, BN):
-        rn = n0 + tl.arange(0, BN)
-        kt = tl.load(k_ptr + rn[None, :] * skt + kvh * skh + rd[:, None], mask=(rn < T)[None, :], other=0.0)
-        s = tl.dot(q, kt) * qk_scale
-        d = rm[:, None] - rn[None, :]  # query position - key position
-        allowed = (d >= 0) & (d < window) & mask_m[:, None]
-        p = tl.where(allowed, tl.exp2(s - m_i[:, None]) * inv_l[:, None], 0.0)
-        if n0 == 0:
-            first += tl.sum(tl.sum(tl.where((rn[None, :] == 0) & (rm[:, None] >= 1), p, 0.0), 1), 0)
-        d_min = q_start - (n0 + BN - 1)  # the distances this tile spans
-        d_max = q_start + BM - 1 - n0
-        for b in tl.static_range(NB):
-            e_lo = tl.load(edges_ptr + b)
-            e_hi = tl.load(edges_ptr + b + 1)
-            if (e_hi > d_min) & (e_lo <= d_max):  # skip buckets the tile cannot reach
-                mass = tl.sum(tl.sum(tl.where((d >= e_lo) & (d < e_hi), p, 0.0), 1), 0)
-                dist = tl.where(rb == b, dist + mass, dist)
-    dist = tl.where(rb == NB, first, dist)
+    acc = tl.zeros([BM, NBP], dtype=tl.float32)
+    kb = k_ptr + kvh * skh
+    if WINDOWED:
+        lo = q_start - window + 1
+        lo = (lo * (lo > 0) // BN) * BN  # clamped at 0, down to its key block
+        m_i, l_i, acc = _stats_keys(q, kb, rm, rd, m_i, l_i, acc, rb, q_start, edges_ptr, lo, q_start + BM, T,
+                                    window, qk_scale, skt, BM, BN, NB, True)
+    else:  # the key blocks before the first query, whole for every query (BM is a multiple of BN), unmasked
+        m_i, l_i, acc = _stats_keys(q, kb, rm, rd, m_i, l_i, acc, rb, q_start, edges_ptr, 0, q_start, T, window,
+                                    qk_scale, skt, BM, BN, NB, False)
+        m_i, l_i, acc = _stats_keys(q, kb, rm, rd, m_i, l_i, acc, rb, q_start, edges_ptr, q_start, q_start + BM, T,
+                                    window, qk_scale, skt, BM, BN, NB, True)
+    w = tl.where(mask_m, 1.0 / l_i, 0.0)  # rows past T count nothing
+    w_first = tl.where(rm >= 1, w, 0.0)  # the first-token mass is over queries 1..
+    wb = tl.where(rb[None, :] == NB, w_first[:, None], w[:, None])
+    dist = tl.sum(acc * wb, 0)  # [NBP]
     tl.store(out_ptr + pid_m * so_m + h * so_h + rb, dist, mask=rb <= NB)
 
 
 def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
-                        edges, scale: float | None = None, block_m: int = 64, block_n: int = 64):
+                        edges, scale: float | None = None, block_m: int = 64, block_n: int = 64,
+                        num_warps: int = 4, num_stages: int = 2):
     """q [T, H, D], k [T, K, D], sinks [H], edges [B+1] (ints, increasing) -> (first_token_mass [H],
     distance_mass [H, B]) fp32: what trace.pattern_reductions computes from attention_with_sinks's pattern
     (mean over queries 1.. of the mass on key 0; mean over queries of the mass at distances edges[b] <= q - k <
@@ -213,11 +240,14 @@ def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, w
     NB = e.numel() - 1
     n_blocks = triton.cdiv(T, block_m)
     out = torch.empty(n_blocks, H, NB + 1, device=q.device, dtype=torch.float32)
-    win = T + block_m if window is None else int(window)
+    windowed = window is not None and int(window) < T  # a window as long as the sequence = full causal
+    win = int(window) if windowed else T + block_m
+    if block_m % block_n:
+        raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
     _pattern_stats_kernel[(n_blocks, H)](
         q, k, sinks, e, out, T, win, float(scale) * math.log2(math.e),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=triton.next_power_of_2(NB + 1),
-        num_warps=4, num_stages=2)
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=triton.next_power_of_2(NB + 1), WINDOWED=windowed,
+        num_warps=num_warps, num_stages=num_stages)
     tot = out.sum(0)  # [H, B+1]
     return tot[:, NB] / max(T - 1, 1), tot[:, :NB] / T
