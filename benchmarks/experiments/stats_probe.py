@@ -2,9 +2,10 @@
 process, same q/k at gpt-oss-20b's attention shapes (64 query heads, 8 KV heads, head dim 64), full causal and
 the 128-token window: each one's GPU time (a CUDA graph of 20 calls replayed, alternating old and new three
 times) and the largest difference of each from the reference path (trace.pattern_reductions without the
-kernel).
+kernel). With --sweep, instead: the current kernel at other block sizes, warps and stages (same checks).
 
     python benchmarks/experiments/stats_probe.py OUT.json OLD_ATTENTION_PY [LENGTHS]
+    python benchmarks/experiments/stats_probe.py OUT.json --sweep [LENGTHS]
 """
 
 import importlib.util
@@ -23,12 +24,18 @@ from gptoss_viz.runtime.kernels.attention import pattern_stats_fused  # noqa: E4
 from gptoss_viz.trace import distance_edges, pattern_reductions  # noqa: E402
 
 
+SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (64, 32, 4, 3), (32, 32, 4, 2), (32, 16, 4, 2),
+         (16, 16, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2)]
+
+
 def main() -> None:
     out, old_path = Path(sys.argv[1]), sys.argv[2]
     lengths = [int(t) for t in sys.argv[3:]] or [1024, 2048, 4096]
-    spec = importlib.util.spec_from_file_location("old_attention", old_path)
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)
+    sweep = old_path == "--sweep"
+    if not sweep:
+        spec = importlib.util.spec_from_file_location("old_attention", old_path)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
     H, K, D = 64, 8, 64
     R = {"gpu": torch.cuda.get_device_name(), "rows": []}
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -39,6 +46,16 @@ def main() -> None:
         with torch.inference_mode():
             for window in (None, 128):
                 ref = pattern_reductions(q, k, sinks, window, edges, use_kernel=False)
+                if sweep:
+                    for bm, bn, warps, stages in SWEEP:
+                        kw = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
+                        got = pattern_stats_fused(q, k, sinks, window, edges, **kw)
+                        row = {"T": T, "window": window, "launch": kw,
+                               "max_abs_diff": max((a - b).abs().max().item() for a, b in zip(got, ref)),
+                               "ms": graph_ms(lambda: pattern_stats_fused(q, k, sinks, window, edges, **kw))}
+                        print(json.dumps(row), flush=True)
+                        R["rows"].append(row)
+                    continue
                 row = {"T": T, "window": window}
                 for name, fn in (("old", old.pattern_stats_fused), ("new", pattern_stats_fused)):
                     got = fn(q, k, sinks, window, edges)
