@@ -1,0 +1,129 @@
+"""The Hopper MoE kernel (kernels/moe_hopper.py) compiled for sm_90 on a machine without a GPU, and the SASS of
+its K loops: instructions a loop iteration (two K steps) by opcode, with the CTA barriers, mbarrier operations and
+wgmmas counted. Triton's JIT needs an active driver to pick the target, so a stand-in one names sm_90; the
+arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors over them; nothing is launched).
+
+    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [ws] [--dump FILE.sass]
+
+(`ws`: the warp-specialised variant of experiments/moe_hopper_ws_loader.patch, once applied.)
+
+Tenth session (issue 6): a K step of the 128+32 tile is ~270 instructions a warp with 5 CTA barriers
+(RESULTS.md). The counts depend on the Triton version (the GPU machine's is 3.6).
+"""
+
+import collections
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+class _Sm90:
+    """Just enough of a driver for JITFunction.warmup to compile for sm_90."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg: int = 0, tokens: int = 1024,
+                   ws: bool = False):
+    driver.set_active(_Sm90())
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from gptoss_viz.runtime.kernels import moe_hopper as mh
+
+    E, d, I, k = 32, 2880, 2880, 4
+    A = tokens * k
+    K, N = (d, 2 * I) if gate_up else (I, d)
+    rows = torch.empty(A, K, dtype=torch.bfloat16)
+    words = torch.empty(E * N, K // 8, dtype=torch.int32)
+    scales = torch.empty(E * (K // 64), 2 * N, dtype=torch.uint8)
+    bias = torch.empty(E, N, dtype=torch.bfloat16)
+    out = torch.empty(A, I if gate_up else d, dtype=torch.bfloat16 if gate_up else torch.float32)
+    i32 = torch.empty(A, dtype=torch.int32)
+    bxk = max(bx, 16)
+    extra = {"maxnreg": maxnreg} if maxnreg else {}
+    if "WS" in mh._moe_hopper_kernel.arg_names:  # with experiments/moe_hopper_ws_loader.patch applied
+        extra["WS"] = ws
+    elif ws:
+        raise SystemExit("ws: apply benchmarks/experiments/moe_hopper_ws_loader.patch first")
+    return mh._moe_hopper_kernel.warmup(
+        TensorDescriptor.from_tensor(rows, [bt, 64], mh._rows_layout(bt)),
+        TensorDescriptor.from_tensor(rows, [bxk, 64], mh._rows_layout(bxk)),
+        TensorDescriptor.from_tensor(words, [mh.BO, 8], mh._WORDS),
+        TensorDescriptor.from_tensor(scales, [1, 2 * mh.BO], mh._SCALES),
+        i32, torch.empty(A, dtype=torch.bfloat16), bias, out, i32, i32, i32, K, N, bias.stride(0), out.stride(0),
+        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=mh.BO, STAGES=stages, NARROW=True, num_warps=4,
+        grid=(1,), **extra)
+
+
+def sass_of(kernel) -> tuple[str, str]:
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    return sass, usage
+
+
+def k_loops(sass: str) -> list[dict]:
+    """Every innermost loop (a backward branch) of fewer than 1000 instructions that issues a wgmma: the K loops."""
+    instr = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for a, t in instr:
+        m = re.search(r"BRA\s.*?0x([0-9a-f]+)", t)
+        if m and int(m.group(1), 16) < a:
+            lo = int(m.group(1), 16)
+            ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0]
+                                      for b, x in instr if lo <= b <= a)
+            n = sum(ops.values())
+            # (a range reaching the mbarrier-wait stubs at the code's end, many SYNCS, is no K loop)
+            if n < 1000 and ops.get("HGMMA") and ops.get("SYNCS", 0) <= 8:
+                loops.append({"at": hex(lo), "end": a, "instructions": n, "wgmma": ops["HGMMA"], "bar": ops.get("BAR", 0),
+                              "mbarrier": ops.get("SYNCS", 0), "membar": ops.get("MEMBAR", 0),
+                              "top": dict(ops.most_common(10))})
+    # a backward branch from a stub at the end of the code spans whole loops: keep the innermost ranges
+    inner = [p for p in loops if not any(q is not p and int(p["at"], 16) <= int(q["at"], 16) and q["end"] <= p["end"]
+                                         for q in loops)]
+    return [{k: v for k, v in p.items() if k != "end"} for p in inner]
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    dump = args[args.index("--dump") + 1] if "--dump" in args else None
+    args = [a for a in args if a != "--dump" and a != dump]
+    bt, bx, stages = (int(a) for a in args[:3])
+    maxnreg = next((int(a[1:]) for a in args[3:] if a.startswith("r")), 0)
+    kernel = compile_kernel(bt, bx, stages, gate_up="down" not in args, maxnreg=maxnreg, ws="ws" in args)
+    sass, usage = sass_of(kernel)
+    print(f"shared {kernel.metadata.shared} B;", re.search(r"REG:\d+.*?LOCAL:\d+", usage).group(0))
+    for loop in k_loops(sass):
+        print(loop)
+    if dump:
+        Path(dump).write_text(sass)
+
+
+if __name__ == "__main__":
+    main()
