@@ -28,6 +28,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _key_scores(q, k_ptr, rn, rd, T, qk_scale, skt, MASKED: tl.constexpr):
+    """q [BM, D] against the keys rn: scores [BM, BN] fp32 in log2 units (with MASKED, keys past T load as 0)."""
+    if MASKED:
+        kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None], mask=(rn < T)[None, :], other=0.0)  # [D, BN]
+    else:
+        kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None])
+    return tl.dot(q, kt) * qk_scale
+
+
+@triton.jit
 def _attn_keys(q, k_ptr, v_ptr, rm, rd, m_i, l_i, acc, n_lo, n_hi, T, window, qk_scale, skt, svt,
                BN: tl.constexpr, MASKED: tl.constexpr):
     """The running softmax state (m_i, l_i, acc) of the queries rm after keys n_lo..n_hi (block-aligned): with
@@ -35,11 +45,7 @@ def _attn_keys(q, k_ptr, v_ptr, rm, rd, m_i, l_i, acc, n_lo, n_hi, T, window, qk
     query (the caller's promise), and no mask is formed."""
     for n0 in range(n_lo, n_hi, BN):
         rn = n0 + tl.arange(0, BN)
-        if MASKED:
-            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None], mask=(rn < T)[None, :], other=0.0)  # [D, BN]
-        else:
-            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None])
-        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
+        s = _key_scores(q, k_ptr, rn, rd, T, qk_scale, skt, MASKED)  # [BM, BN] fp32, in log2 units
         if MASKED:
             allowed = (rn[None, :] <= rm[:, None]) & ((rm[:, None] - rn[None, :]) < window)
             s = tl.where(allowed, s, float("-inf"))
@@ -151,11 +157,7 @@ def _stats_keys(q, k_ptr, rm, rd, m_i, l_i, acc, rb, q_start, edges_ptr, n_lo, n
     promise). A bucket a tile lies wholly inside takes the row sums l_i already needs, with no mask."""
     for n0 in range(n_lo, n_hi, BN):
         rn = n0 + tl.arange(0, BN)
-        if MASKED:
-            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None], mask=(rn < T)[None, :], other=0.0)  # [D, BN]
-        else:
-            kt = tl.load(k_ptr + rn[None, :] * skt + rd[:, None])
-        s = tl.dot(q, kt) * qk_scale  # [BM, BN] fp32, in log2 units
+        s = _key_scores(q, k_ptr, rn, rd, T, qk_scale, skt, MASKED)
         d = rm[:, None] - rn[None, :]  # query position - key position
         if MASKED:
             s = tl.where((d >= 0) & (d < window), s, float("-inf"))
