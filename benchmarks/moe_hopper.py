@@ -1,5 +1,5 @@
 """kernels/moe_hopper.py (decoded MXFP4 weights as wgmma's register operand) against moe.py's tuned Triton tables
-on one full-size gpt-oss-20b MoE layer, same GPU, same run (issue 6).
+on one full-size gpt-oss-20b (or, with --size 120b, 120b) MoE layer, same GPU, same run (issue 6).
 
     python benchmarks/moe_hopper.py --out benchmarks/results/moe_hopper_h200.json
 
@@ -38,7 +38,12 @@ TILES = {"auto": None, "16": H(16, 0, 4), "16+16": H(16, 16, 4), "32": H(32, 0, 
          "64+32 s3 r112": H(64, 32, 3, 112), "32+16 s4 r96": H(32, 16, 4, 96), "32 s4 r96": H(32, 0, 4, 96),
          "128+32 s2 r128": H(128, 32, 2, 128),
          "128+32 wide": H(128, 32, 3, 0, False), "128+64 wide": H(128, 64, 3, 0, False),
-         "64+32 s3 r128 wide": H(64, 32, 3, 128, False)}
+         "64+32 s3 r128 wide": H(64, 32, 3, 128, False),
+         # 128 output features a program (HopperTile.halves = 2; eleventh session)
+         "32+32 h2": H(32, 32, 4, 0, True, 2), "32+32 h2 r168": H(32, 32, 4, 168, True, 2),
+         "32+16 h2": H(32, 16, 4, 0, True, 2), "32+32 s3 h2": H(32, 32, 3, 0, True, 2),
+         "64+32 s3 h2 r168": H(64, 32, 3, 168, True, 2), "64+32 s2 h2 r168": H(64, 32, 2, 168, True, 2),
+         "128+32 h2": H(128, 32, 3, 0, True, 2), "32+32 h1": H(32, 32, 4)}
 COUNTS = (1, 7, 128, 256, 512, 768, 1024, 2048, 4096)
 
 
@@ -48,10 +53,10 @@ def header() -> dict:
             "torch": torch.__version__, "triton": __import__("triton").__version__}}
 
 
-def hopper_layer():
-    """(config, MoE module, its gate_up and down blocks, then scales, in the Hopper order) of one 20b layer,
-    random weights (the module keeps the checkpoint's order for moe.py's kernels)."""
-    cfg, mlp = one_20b_layer()
+def hopper_layer(size: str = "20b"):
+    """(config, MoE module, its gate_up and down blocks, then scales, in the Hopper order) of one 20b (or `size`)
+    layer, random weights (the module keeps the checkpoint's order for moe.py's kernels)."""
+    cfg, mlp = one_20b_layer(size)
     ex = mlp.experts
     gu, dn = to_hopper_order(ex.gate_up_proj_blocks), to_hopper_order(ex.down_proj_blocks)
     gus, dns = to_hopper_scales(ex.gate_up_proj_scales), to_hopper_scales(ex.down_proj_scales)
@@ -81,10 +86,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
     ap.add_argument("--tiles", nargs="*", default=list(TILES))
+    ap.add_argument("--size", default="20b", help="the layer's shape: 20b (32 experts) or 120b (128)")
     args = ap.parse_args()
-    R = {**header(), "counts": []}
-    cfg, mlp, gu, dn, gus, dns = hopper_layer()
+    R = {**header(), "size": args.size, "counts": []}
+    cfg, mlp, gu, dn, gus, dns = hopper_layer(args.size)
     ex = mlp.experts
+    # what one call must read from memory at least: the packed expert weights (blocks + scales)
+    R["weight_bytes"] = sum(t.numel() * t.element_size() for t in (gu, dn, gus, dns))
     d, E, k = cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok
     g = torch.Generator(device="cuda").manual_seed(2)
     for T in args.counts:
@@ -97,7 +105,7 @@ def main() -> None:
             rows.append({"variant": "moe.py table", "ms": gpu_ms(table, warmup=3, reps=9),
                          "launches": launches_ms(table)})
             for name in args.tiles:
-                tile = TILES[name] or moe_hopper.hopper_tile(T * k / E)
+                tile = TILES[name] or moe_hopper.hopper_tile(T * k / E, E)
 
                 def hop(tile=tile):
                     return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns,

@@ -52,7 +52,7 @@ def main() -> None:
     for T in args.tokens:
         x = torch.randn(T, cfg.hidden_size, device="cuda").to(torch.bfloat16)
         w, idx = routed(mlp, x)
-        tile = moe_hopper.hopper_tile(T * k / E)
+        tile = moe_hopper.hopper_tile(T * k / E, E)
         s = moe_schedule_fused(idx, E, tile.bt + tile.bx)
         with torch.inference_mode():
             row = {"tokens": T, "tile": list(tile),

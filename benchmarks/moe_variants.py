@@ -53,9 +53,10 @@ CANDIDATES = {  # tile class -> candidate Tiles (for both kernels)
 COUNTS = (128, 512, 1024, 2048, 4096)
 
 
-def one_20b_layer():
-    """(config, MoE module) of one gpt-oss-20b layer with random packed weights built in GPU memory."""
-    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=2048)
+def one_20b_layer(size: str = "20b"):
+    """(config, MoE module) of one gpt-oss-20b layer (or of `size`'s) with random packed weights built in GPU
+    memory."""
+    cfg = gptoss_config(size, num_hidden_layers=1, vocab_size=2048)
     return cfg, random_packed_model(cfg, "cuda", seed=1).blocks[0].mlp
 
 

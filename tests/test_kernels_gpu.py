@@ -236,15 +236,20 @@ def _htile(*args):
     return HopperTile(*args)
 
 
-# HopperTile(bt, bx, stages[, maxnreg[, narrow]]): the rule's choice, every tile of its table, and no overflow rows
-# at the large ones
+# HopperTile(bt, bx, stages[, maxnreg[, narrow[, halves]]]): the rule's choice, every tile of its table, no
+# overflow rows at the large ones, and 128 output features a program (halves 2: with down's 2880 features, the
+# last program's second half lies past them)
 HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": lambda: _htile(16, 16, 4),
                 "32+32": lambda: _htile(32, 32, 4), "64+32": lambda: _htile(64, 32, 4),
                 "64+32 s2 r128": lambda: _htile(64, 32, 2, 128), "64+32 s3 r128": lambda: _htile(64, 32, 3, 128),
                 "64+64 s2 r128": lambda: _htile(64, 64, 2, 128),
                 "128": lambda: _htile(128, 0, 3), "128+32": lambda: _htile(128, 32, 3),
-                "128+64": lambda: _htile(128, 64, 3)}
+                "128+64": lambda: _htile(128, 64, 3),
+                "32+32 h2": lambda: _htile(32, 32, 4, 0, True, 2),
+                "64+32 s3 h2 r168": lambda: _htile(64, 32, 3, 168, True, 2),
+                "128+32 h2": lambda: _htile(128, 32, 3, 0, True, 2)}
 HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, 129),
+                                                                          (2880, 2880, 128, 4, 1100),
                                                                           (128, 64, 8, 2, 37)]
 
 
@@ -283,7 +288,8 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
-@pytest.mark.parametrize("tile", ["auto", "16+16", "64+32 s2 r128", "64+32 s3 r128", "128+32", "128+64"])
+@pytest.mark.parametrize("tile", ["auto", "16+16", "64+32 s2 r128", "64+32 s3 r128", "128+32", "128+64", "32+32 h2",
+                                  "128+32 h2"])
 def test_hopper_moe_skewed_routing(tile):
     """All tokens on a few experts: many tiles for one expert, tiles with and without overflow rows, empty experts."""
     moe, x, idx, weight = skewed_case()
@@ -313,16 +319,17 @@ NARROW_COUNTS = [1, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 127, 128, 129, 
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
-@pytest.mark.parametrize("bt,bx,stages,maxnreg", [(128, 32, 3, 0), (128, 64, 3, 0), (64, 32, 3, 128)])
-def test_hopper_narrow_tiles_equal_full_width(bt, bx, stages, maxnreg):
+@pytest.mark.parametrize("bt,bx,stages,maxnreg,halves", [(128, 32, 3, 0, 1), (128, 64, 3, 0, 1), (64, 32, 3, 128, 1),
+                                                         (128, 32, 3, 0, 2)])
+def test_hopper_narrow_tiles_equal_full_width(bt, bx, stages, maxnreg, halves):
     """Tiles of few rows take a narrower wgmma (bt / 4, bt / 2): bit for bit what the full-width tiles give (the
     same products summed in the same order), and within the reference's error of exact maths."""
     from gptoss_viz.runtime.kernels.moe_hopper import HopperTile
 
     moe = random_moe(2880, 2880, 32, 4, seed=5)
     x, idx, weight = counted_inputs(NARROW_COUNTS, 2880, 4, seed=5)
-    narrow = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, True))
-    wide = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, False))
+    narrow = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, True, halves))
+    wide = hopper_moe(moe, x, idx, weight, HopperTile(bt, bx, stages, maxnreg, False, halves))
     assert torch.equal(narrow, wide), f"narrow tiles {bt}+{bx}: max |diff| {(narrow - wide).abs().max().item():.3g}"
     with torch.no_grad():
         ref = moe.combine(x, idx, weight)

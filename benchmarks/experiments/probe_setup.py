@@ -1,6 +1,6 @@
-"""What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model built in GPU
-memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for each length
-(seed 0, drawn in order)."""
+"""What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model (or `size`'s)
+built in GPU memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for
+each length (seed 0, drawn in order)."""
 
 import sys
 from pathlib import Path
@@ -13,11 +13,11 @@ sys.path.insert(0, str(ROOT))
 from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 
 
-def probe_setup(default_lengths: list[int]):
+def probe_setup(default_lengths: list[int], size: str = "20b"):
     """(out, cfg, model, R, prompts): prompts yields (T, ids [T] on the GPU) for each length asked for."""
     out = Path(sys.argv[1])
     lengths = [int(t) for t in sys.argv[2:]] or default_lengths
-    cfg = gptoss_config("20b")
+    cfg = gptoss_config(size)
     model = random_packed_model(cfg, "cuda")
     model.prepare_kernels()
     R = {"gpu": torch.cuda.get_device_name(), "lengths": []}

@@ -22,7 +22,7 @@ def main() -> None:
     for T, ids in prompts:
         with torch.inference_mode():
             _, cache = model.run_with_cache(ids, names_filter=r"blocks\.\d+\.mlp\.hook_expert_idx")
-        tile = hopper_tile(T * k / E)
+        tile = hopper_tile(T * k / E, E)
         layers = []
         for name, idx in cache.items():
             counts = torch.bincount(idx.reshape(-1), minlength=E).tolist()

@@ -16,7 +16,9 @@ program more than the decode's arithmetic (benchmarks/experiments/moe_ablate.py)
 tokens. Their E8M0 scales (2 bytes a row a step, kept in mxfp4.to_hopper_scales on the GPU, where one step's
 scales of 64 rows are 128 consecutive bytes) come in the same stage.
 
-A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features: the BT
+A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features (or
+2 BO with `HopperTile.halves` = 2: two m64 wgmmas a step on the same activation tiles, so that one step's copies,
+barriers and waits serve twice the weights; what 120b's 128 experts of few rows each take): the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
 BT rows (routing scatters the rows per expert around their mean) does not take a second tile that decodes its
 weights again; a tile of at most BT/4 or BT/2 rows (an expert's last, or a rarely chosen expert's) runs a wgmma
@@ -103,64 +105,86 @@ def _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem
 
 
 @gluon.jit
-def _smem_words(w_smem, st, BO: gl.constexpr, WL: gl.constexpr):
-    """Stage st's weight words as [BO, 4 (t), 2 (p)] int32 in WL: the TMA box [BO, 8] is row-major and
-    unswizzled, so word 2t + p of row r is at 8r + 2t + p, its offset in a plain [BO, 4, 2] view; a warp's reads
-    cover 8 rows' 256 consecutive bytes."""
+def _smem_words(w_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr):
+    """Stage st's weight words of the program's h-th BO rows as [BO, 4 (t), 2 (p)] int32 in WL: the TMA box
+    [HALVES * BO, 8] is row-major and unswizzled, so word 2t + p of row r is at 8r + 2t + p, its offset in a plain
+    [BO, 4, 2] view; a warp's reads cover 8 rows' 256 consecutive bytes."""
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
-    return w_smem.index(st)._reinterpret(gl.int32, [BO, 4, 2], PLAIN).load(WL)
+    rows: gl.constexpr = w_smem.shape[1]
+    return w_smem.index(st)._reinterpret(gl.int32, [rows, 4, 2], PLAIN).slice(h * BO, BO).load(WL)
 
 
 @gluon.jit
-def _smem_scales(s_smem, st, BO: gl.constexpr, WL: gl.constexpr):
-    """Stage st's scales as [BO, 1, 2] int32 (row r's two at 2r, 2r + 1), broadcastable against WL."""
+def _smem_scales(s_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr):
+    """Stage st's scales of the h-th BO rows as [BO, 1, 2] int32 (row r's two at 2r, 2r + 1), broadcastable
+    against WL."""
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    s = s_smem.index(st)._reinterpret(gl.uint8, [BO, 2], PLAIN).load(gl.SliceLayout(1, WL))
+    rows: gl.constexpr = s_smem.shape[2] // 2
+    s = s_smem.index(st)._reinterpret(gl.uint8, [rows, 2], PLAIN).slice(h * BO, BO).load(gl.SliceLayout(1, WL))
     return gl.expand_dims(s.to(gl.int32), 1)
 
 
 @gluon.jit
-def _step(k, w, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-          ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr,
-          AL2: gl.constexpr, NB: gl.constexpr):
-    """K step k on decoded weights w (its stage already waited for): wait for step k-1's wgmma in every warp
-    (its stage is then free for the copies of step k + STAGES - 1), issue this step's wgmma(s): the first NB of
-    the stage's BT rows (NB < BT: a narrow tile), with EXTRA the BX rows after them too."""
+def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
+          x_smem, w_smem, s_smem, ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr,
+          EXTRA: gl.constexpr, AL2: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr):
+    """K step k on decoded weights w0 (and with HALVES = 2, w1: the program's second BO rows; its stage already
+    waited for): wait for step k-1's wgmmas in every warp (its stage is then free for the copies of step
+    k + STAGES - 1), issue this step's wgmma(s) for each half: the first NB of the stage's BT rows (NB < BT: a
+    narrow tile) into acc0 / acc1, with EXTRA the BX rows after them too into acc20 / acc21. Both halves take the
+    same activation tiles, so a step's copies, barriers and waits serve twice the weights."""
     if EXTRA:
-        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+        if HALVES == 2:
+            acc0, acc1, acc20, acc21 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1, acc20, acc21])
+        else:
+            acc0, acc20 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc20])
     else:
-        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
+        if HALVES == 2:
+            acc0, acc1 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1])
+        else:
+            acc0 = hopper.warpgroup_mma_wait(0, deps=[acc0])
     gl.thread_barrier()
     _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                  k + STAGES - 1, num_k, STAGES, BT, EXTRA)
     st = k % STAGES
     if NB < BT:
-        acc = hopper.warpgroup_mma(w, a_smem.index(st).slice(0, NB).permute((1, 0)), acc, use_acc=USE_ACC,
-                                   is_async=True)
+        rows = a_smem.index(st).slice(0, NB).permute((1, 0))
     else:
-        acc = hopper.warpgroup_mma(w, a_smem.index(st).permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
+        rows = a_smem.index(st).permute((1, 0))
+    acc0 = hopper.warpgroup_mma(w0, rows, acc0, use_acc=USE_ACC, is_async=True)
+    if HALVES == 2:
+        acc1 = hopper.warpgroup_mma(w1, rows, acc1, use_acc=USE_ACC, is_async=True)
     if EXTRA:
-        acc2 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc2,
-                                    use_acc=USE_ACC, is_async=True)
-    return acc, acc2
+        more = x_smem.index(st).permute((1, 0))
+        acc20 = hopper.warpgroup_mma(gl.convert_layout(w0, AL2), more, acc20, use_acc=USE_ACC, is_async=True)
+        if HALVES == 2:
+            acc21 = hopper.warpgroup_mma(gl.convert_layout(w1, AL2), more, acc21, use_acc=USE_ACC, is_async=True)
+    return acc0, acc1, acc20, acc21
 
 
 @gluon.jit
 def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
-                 WL: gl.constexpr):
-    """Wait for step k's stage, decode its weight words with its scales."""
+                 WL: gl.constexpr, HALVES: gl.constexpr):
+    """Wait for step k's stage, decode its weight words with its scales: (first BO rows, second BO rows) with
+    HALVES = 2, else (the BO rows, the same again)."""
     st = k % STAGES
     mbarrier.wait(ready.index(st), (k // STAGES) & 1)
-    return _decode(_smem_words(w_smem, st, BO, WL), _smem_scales(s_smem, st, BO, WL), BO, AL, WL)
+    w0 = _decode(_smem_words(w_smem, st, 0, BO, WL), _smem_scales(s_smem, st, 0, BO, WL), BO, AL, WL)
+    if HALVES == 2:
+        w1 = _decode(_smem_words(w_smem, st, 1, BO, WL), _smem_scales(s_smem, st, 1, BO, WL), BO, AL, WL)
+    else:
+        w1 = w0
+    return w0, w1
 
 
 @gluon.jit
 def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
             BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr,
-            NB: gl.constexpr):
+            NB: gl.constexpr, HALVES: gl.constexpr):
     """The K loop: [BO, NB] (the first NB of the BT rows a stage holds; and with EXTRA [BO, BX], the next BX
-    rows) fp32 accumulators. A step decodes into one of two register sets (wa, wb) while the other set's wgmma
-    runs (with one set, the decode would overwrite registers the running wgmma still reads)."""
+    rows) fp32 accumulators, for each of the program's HALVES sets of BO weight rows. A step decodes into one of
+    two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
+    registers the running wgmma still reads)."""
     ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NB, 16])
     ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
     AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
@@ -169,30 +193,42 @@ def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_s
     for i in gl.static_range(STAGES - 1):
         _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                      i, num_k, STAGES, BT, EXTRA)
-    acc = gl.zeros([BO, NB], gl.float32, ACC)
-    acc2 = gl.zeros([BO, BX], gl.float32, ACC2)
+    acc0 = gl.zeros([BO, NB], gl.float32, ACC)
+    acc20 = gl.zeros([BO, BX], gl.float32, ACC2)
+    acc1 = acc0
+    acc21 = acc20
     # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
-    wa = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL)
-    acc, acc2 = _step(0, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
-                      w_smem, s_smem, ready, num_k, False, STAGES, BT, EXTRA, AL2, NB)
+    wa0, wa1 = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+    acc0, acc1, acc20, acc21 = _step(0, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, start,
+                                     wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k, False, STAGES,
+                                     BT, EXTRA, AL2, NB, HALVES)
     # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
     # other's wgmma
     for k in range(1, num_k - 1, 2):
-        wb = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL)
-        acc, acc2 = _step(k, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
-                          w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
-        wa = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
-        acc, acc2 = _step(k + 1, wa, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
-                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
+        wb0, wb1 = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        acc0, acc1, acc20, acc21 = _step(k, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
+                                         start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
+                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES)
+        wa0, wa1 = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        acc0, acc1, acc20, acc21 = _step(k + 1, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
+                                         start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
+                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES)
     if num_k % 2 == 0:  # one step left
-        wb = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL)
-        acc, acc2 = _step(num_k - 1, wb, acc, acc2, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
-                          x_smem, w_smem, s_smem, ready, num_k, True, STAGES, BT, EXTRA, AL2, NB)
+        wb0, wb1 = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        acc0, acc1, acc20, acc21 = _step(num_k - 1, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc,
+                                         s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
+                                         num_k, True, STAGES, BT, EXTRA, AL2, NB, HALVES)
     if EXTRA:
-        acc, acc2 = hopper.warpgroup_mma_wait(0, deps=[acc, acc2])
+        if HALVES == 2:
+            acc0, acc1, acc20, acc21 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1, acc20, acc21])
+        else:
+            acc0, acc20 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc20])
     else:
-        acc = hopper.warpgroup_mma_wait(0, deps=[acc])
-    return acc, acc2
+        if HALVES == 2:
+            acc0, acc1 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1])
+        else:
+            acc0 = hopper.warpgroup_mma_wait(0, deps=[acc0])
+    return acc0, acc1, acc20, acc21
 
 
 @gluon.jit
@@ -237,18 +273,28 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 def _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N,
           stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
           GATE_UP: gl.constexpr, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-          EXTRA: gl.constexpr, NB: gl.constexpr):
-    """One tile: the K loop on its first NB rows (with EXTRA, BT rows and the BX after them) and the epilogue(s)."""
-    acc, acc2 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                        ready, num_k, BO, BT, BX, STAGES, EXTRA, NB)
+          EXTRA: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr):
+    """One tile: the K loop on its first NB rows (with EXTRA, BT rows and the BX after them) and the epilogue(s),
+    for each of the program's HALVES sets of BO output features (feature tiles HALVES * pid_n + h of BO)."""
+    acc0, acc1, acc20, acc21 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
+                                       w_smem, s_smem, ready, num_k, BO, BT, BX, STAGES, EXTRA, NB, HALVES)
+    f = pid_n * HALVES
     if EXTRA:
-        _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
+        _epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, f, N, stride_biase,
                   stride_om, limit, alpha, GATE_UP, BT, BO)
-        _epilogue(acc2, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
+        _epilogue(acc20, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, f, N, stride_biase,
                   stride_om, limit, alpha, GATE_UP, BX, BO)
+        if HALVES == 2:
+            _epilogue(acc1, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, f + 1, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, BT, BO)
+            _epilogue(acc21, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, f + 1, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, BX, BO)
     else:
-        _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
+        _epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, f, N, stride_biase,
                   stride_om, limit, alpha, GATE_UP, NB, BO)
+        if HALVES == 2:
+            _epilogue(acc1, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, f + 1, N, stride_biase,
+                      stride_om, limit, alpha, GATE_UP, NB, BO)
 
 
 @gluon.jit
@@ -257,12 +303,13 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
                    K, N, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
-                   BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr):
+                   BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr, HALVES: gl.constexpr):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
     overflow rows get their own small wgmma, so an expert a little over BT rows does not take a second tile that
-    decodes its weights again) times BO weight rows (output features)."""
+    decodes its weights again) times HALVES * BO weight rows (output features; each BO its own m64 wgmma on the
+    same activation tiles)."""
     gl.static_assert(gl.num_warps() == 4, "one warp group")
     pid_n = gl.program_id(0)  # feature tiles first: programs next to each other share the rows
     pid_m = gl.program_id(1)
@@ -273,11 +320,13 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
         num_k = K // 64
         a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
         x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
-        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BO, 8], w_desc.layout)
-        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 1, 2 * BO], s_desc.layout)
-        wrow = e.to(gl.int32) * N + pid_n * BO  # the program's first weight row in w_desc's [E * N, K / 8]
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, HALVES * BO, 8], w_desc.layout)
+        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 1, 2 * HALVES * BO], s_desc.layout)
+        # the program's first weight row in w_desc's [E * N, K / 8] (rows past an expert's N, in a last program
+        # whose second half lies past it, are the next expert's or zeros past the end: computed, never stored)
+        wrow = e.to(gl.int32) * N + pid_n * HALVES * BO
         srow = e.to(gl.int32) * num_k  # its expert's first step in s_desc's [E * K / 64, 2 N]
-        scol = pid_n * 2 * BO
+        scol = pid_n * 2 * HALVES * BO
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
@@ -285,24 +334,24 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
         if rows > BT:  # BT rows and up to BX more
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n,
                   N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT)
+                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT, HALVES)
         elif NARROW:  # the wgmma as wide as the tile's rows need: BT // 4, BT // 2 or BT (all >= 16)
             if rows <= BT // 4:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4, HALVES)
             elif rows <= BT // 2:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2, HALVES)
             else:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES)
         else:
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                   pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT)
+                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -311,23 +360,37 @@ class HopperTile(NamedTuple):
     """A launch shape: tiles of up to bt + bx rows of one expert (bx: the overflow rows' narrow wgmma, 0 for none),
     `stages` K steps' copies (activation rows, weight words and scales) in flight, at most `maxnreg` registers a
     thread (0: ptxas's choice); `narrow`: a tile of at most bt / 4 or bt / 2 rows runs a wgmma of that width
-    instead of bt (taken only where those are >= 16 rows)."""
+    instead of bt (taken only where those are >= 16 rows); `halves`: 2 for 2 * BO = 128 output features a program
+    (two m64 wgmmas on each step's activation tiles: the step's copies, barriers and waits shared by twice the
+    weights), 1 for BO."""
     bt: int
     bx: int
     stages: int
     maxnreg: int = 0
     narrow: bool = True
+    halves: int = 1
 
 
-def hopper_tile(rows_per_expert: float) -> HopperTile:
+def hopper_tile(rows_per_expert: float, n_experts: int = 32) -> HopperTile:
     """The tile for a mean of `rows_per_expert` rows an expert: BT the largest power of two <= the mean in 16..128,
     BX 32 (BT below 32: BT; none below 16 rows; 64 from 512 rows on), 3 stages for BT 128, else 4; for BT 64 three
     stages and at most 128 registers a thread (ptxas's own choice, 140, leaves room for 3 programs of 128 threads
     an SM, 128 for 4): 23% less time at 512 tokens than 4 stages uncapped, and with the weight words coming by TMA
     into the stages, 3 stages beat 2 by 15% (gate_up 0.223 against 0.263 ms). The fastest or within ~5% of it of
     every (BT, BX, STAGES, registers) measured on one gpt-oss-20b layer on an H200 from 1 to 4096 tokens
-    (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json, moe_hopper_dev_wtma.json)."""
+    (benchmarks/moe_hopper.py, results/moe_hopper_h200*.json, moe_hopper_dev_wtma.json).
+    With 64 or more experts (120b's 128) and a mean of 4 to 63 rows an expert (128 to 2047 tokens for 120b), 32+32
+    tiles of 128 output features a program (`halves` 2): on one 120b layer, gate_up + down at 128 / 256 / 384 / 512
+    / 1024 / 1536 tokens 0.842 / 0.846 / 0.846 / 0.850 / 0.962 / 1.091 ms against 0.861 / 0.866 / 0.965 / 0.960
+    (16-row tiles) / 1.035 / 1.217 (32+32) with 64 features (results/moe_hopper_h200_halves*.json; Nsight Compute:
+    the 64-feature 32-row kernel issued an instruction on 79% of a scheduler's cycles, and a step's copies, barriers
+    and waits shared by twice the weights leave fewer to issue). On 20b's 32 experts (shorter grids) it was no
+    faster (0.305 against 0.292 ms at 256 tokens), nor at BT 64 or 128 (results/moe_hopper_h200_halves_sweep*.json);
+    below 4 rows an expert it was not measured.
+    """
     m = rows_per_expert
+    if n_experts >= 64 and 4 <= m < 64:
+        return HopperTile(32, 32, 4, halves=2)
     bt = 16
     while bt < 128 and 2 * bt <= m:
         bt *= 2
@@ -381,7 +444,11 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages, maxnreg, narrow = tile or hopper_tile(A / E)
+    bt, bx, stages, maxnreg, narrow, halves = tile or hopper_tile(A / E, E)
+    if halves not in (1, 2) or (halves == 2 and bt < 32):
+        # (Triton 3.6 aborts compiling two halves at 16-row tiles: an assertion in its MMA layout conversion)
+        raise ValueError(f"HopperTile.halves must be 1, or 2 with bt >= 32; got halves={halves}, bt={bt}")
+    bop = halves * BO  # output features a program
     regs = {"maxnreg": maxnreg} if maxnreg else {}
     narrow = bool(narrow) and bt >= 64
     s = moe_schedule_fused(idx, E, bt + bx)
@@ -390,20 +457,22 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     xs = x.index_select(0, s.token)
     lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    _moe_hopper_kernel[(triton.cdiv(two_i, BO), s.n_tiles)](
+    _moe_hopper_kernel[(triton.cdiv(two_i, bop), s.n_tiles)](
         TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
-        TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [BO, 8], _WORDS),
-        TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * BO], _SCALES),
+        TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [bop, 8], _WORDS),
+        TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, num_warps=4, **regs)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves, num_warps=4,
+        **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
-    _moe_hopper_kernel[(triton.cdiv(d, BO), s.n_tiles)](
+    _moe_hopper_kernel[(triton.cdiv(d, bop), s.n_tiles)](
         TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
-        TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [BO, 8], _WORDS),
-        TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * BO], _SCALES),
+        TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [bop, 8], _WORDS),
+        TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, num_warps=4, **regs)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves, num_warps=4,
+        **regs)
     return sum_slots(y, N, x.dtype, residual)
