@@ -33,7 +33,7 @@ def test_schedule_covers_every_assignment_once(N, E, k, BM):
     assert (seen == 1).all(), f"rows covered {seen.min().item()}..{seen.max().item()} times, expected once"
 
 
-def test_hopper_tile_rule_takes_two_halves_only_for_many_experts_at_32_rows():
+def test_hopper_tile_rule_takes_two_halves_only_for_many_experts():
     """hopper_tile: 32+32 tiles of 128 output features a program (halves 2) for a mean of 4-63 rows an expert with
     64 or more experts (120b), never for 20b's 32 experts; the rest of the rule unchanged. (The rule needs Triton
     with Gluon to import.)"""
