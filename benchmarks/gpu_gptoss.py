@@ -14,6 +14,9 @@ Phases (each guarded, results written after each so a cut-off run keeps what it 
             and one attention layer in isolation
   oss120b   gpt-oss-120b built directly in GPU memory (65 GB does not fit the disk next to 20b): forward time
             and trace memory
+  disk120b  (not in the default phases; needs ~66 GB of free disk) gpt-oss-120b written to disk in the Hub's
+            format (15 shards), loaded by load_model as a user would (host memory sampled, GPU peak of the load),
+            then the 1024-token forward and traces; the checkpoint is deleted afterwards
   hf20b     transformers on the same 20b checkpoint: eager attention with output_attentions and router logits,
             as an analysis user would run it (MXFP4 dequantized to bf16 at load: transformers' kernels for
             packed MXFP4 need the `kernels` package and the Hub)
@@ -29,6 +32,7 @@ import gc
 import json
 import logging
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -373,6 +377,39 @@ def phase_oss120b(R: dict, deadline: float, trace_reps: int = 5) -> None:
     torch.cuda.empty_cache()
 
 
+def phase_disk120b(R: dict, ckpt: Path, deadline: float, trace_reps: int = 5) -> None:
+    R["disk120b"] = RD = {}
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_random_gptoss.py"), "--size", "120b",
+                              "--out", str(ckpt), "--device", "cuda", "--shards", "15"], capture_output=True,
+                             text=True)
+        if out.returncode:
+            raise RuntimeError((out.stdout + out.stderr)[-2000:])
+        RD["gen_seconds"] = time.perf_counter() - t0
+        RD["files"] = len(list(ckpt.iterdir()))
+        RD["bytes_on_disk"] = sum(p.stat().st_size for p in ckpt.iterdir())
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        with HostMemory() as hm:
+            model = load_model(ckpt, device=DEV)
+            torch.cuda.synchronize()
+        RD["load_seconds"] = time.perf_counter() - t0
+        RD["load_host_memory"] = {"before": hm.start, "peak": hm.peak}
+        RD["load_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+        RD["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
+                                         for _, s, dt in tensor_plan(model.config))
+        log.info("disk120b load: %s", json.dumps({k: v for k, v in RD.items() if k != "files"}))
+        model.tokenizer = None
+        measure_model(model, model.config, [1024], RD, R["ceilings"], deadline, reference_at=None,
+                      trace_reps=trace_reps)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict) -> None:
     from transformers import GptOssForCausalLM, Mxfp4Config
 
@@ -484,7 +521,15 @@ def summary(R: dict) -> str:
     c = R.get("ceilings", {})
     if c:
         lines.append(f"ceilings: {c['matmul_tflops']:.0f} TFLOP/s bf16, copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s")
-    for key in ("ours20b", "oss120b"):
+    d = R.get("disk120b", {})
+    if "load_seconds" in d:
+        lines.append(f"disk120b: {d['bytes_on_disk'] / 1e9:.1f} GB in {d['files']} files, written in "
+                     f"{d['gen_seconds']:.0f} s, loaded in {d['load_seconds']:.1f} s; host peak RSS "
+                     f"{d['load_host_memory']['peak']['VmRSS'] / GiB:.2f} GiB (anonymous "
+                     f"{d['load_host_memory']['peak']['RssAnon'] / GiB:.2f}), largest tensor "
+                     f"{d['largest_tensor_bytes'] / GiB:.2f} GiB; GPU peak while loading "
+                     f"{d['load_gpu_peak_bytes'] / GiB:.2f} GiB")
+    for key in ("ours20b", "oss120b", "disk120b"):
         for r in R.get(key, {}).get("lengths", []):
             if "full_trace_ms" not in r:
                 lines.append(f"{key} T={r['T']}: incomplete {r}")
@@ -524,6 +569,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_gptoss.json"))
     ap.add_argument("--ckpt", default="/tmp/gptoss-20b-random")
+    ap.add_argument("--ckpt120", default="/tmp/gptoss-120b-random", help="where disk120b writes 120b (then deletes it)")
     ap.add_argument("--lengths", default="128,512,1024,2048,4096")
     ap.add_argument("--phases", default="ceilings,gen20b,ours20b,oss120b,hf20b,gpt2")
     ap.add_argument("--budget-s", type=float, default=480, help="start no phase step after this many seconds")
@@ -559,6 +605,7 @@ def main() -> None:
         run("gen20b", phase_gen20b, R, ckpt)
     kept = run("ours20b", phase_ours20b, R, ckpt, lengths, deadline, args.trace_reps) or {}
     run("oss120b", phase_oss120b, R, deadline, args.trace_reps)
+    run("disk120b", phase_disk120b, R, Path(args.ckpt120), deadline, args.trace_reps)
     run("hf20b", phase_hf20b, R, ckpt, lengths, deadline, kept)
     run("gpt2", phase_gpt2, R)
     out.write_text(json.dumps(R, indent=2) + "\n")
