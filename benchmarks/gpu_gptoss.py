@@ -328,18 +328,25 @@ def divergence(model, cfg, R_model: dict, T: int = 256) -> None:
     log.info("%s", json.dumps(out))
 
 
-def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, trace_reps: int = 5) -> dict:
-    R["ours20b"] = R20 = {}
+def load_measured(ckpt: Path, R_model: dict):
+    """load_model(ckpt) onto the GPU, recording its time, the host memory it took (sampled), the GPU peak while
+    loading and the checkpoint's largest tensor."""
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with HostMemory() as hm:
         model = load_model(ckpt, device=DEV)
         torch.cuda.synchronize()
-    R20["load_seconds"] = time.perf_counter() - t0
-    R20["load_host_memory"] = {"before": hm.start, "peak": hm.peak}
-    R20["load_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
-    R20["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
-                                      for _, s, dt in tensor_plan(model.config))
+    R_model["load_seconds"] = time.perf_counter() - t0
+    R_model["load_host_memory"] = {"before": hm.start, "peak": hm.peak}
+    R_model["load_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    R_model["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
+                                          for _, s, dt in tensor_plan(model.config))
+    return model
+
+
+def phase_ours20b(R: dict, ckpt: Path, lengths, deadline: float, trace_reps: int = 5) -> dict:
+    R["ours20b"] = R20 = {}
+    model = load_measured(ckpt, R20)
     cfg = model.config
     from gptoss_viz.runtime.kernels import moe as kmoe  # the tables come from benchmarks/moe_variants.py
     # moe.py's tiles, used where moe_hopper's kernels do not run (layer_microbench's moe_kernel says which ran)
@@ -389,16 +396,7 @@ def phase_disk120b(R: dict, ckpt: Path, deadline: float, trace_reps: int = 5) ->
         RD["gen_seconds"] = time.perf_counter() - t0
         RD["files"] = len(list(ckpt.iterdir()))
         RD["bytes_on_disk"] = sum(p.stat().st_size for p in ckpt.iterdir())
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        with HostMemory() as hm:
-            model = load_model(ckpt, device=DEV)
-            torch.cuda.synchronize()
-        RD["load_seconds"] = time.perf_counter() - t0
-        RD["load_host_memory"] = {"before": hm.start, "peak": hm.peak}
-        RD["load_gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
-        RD["largest_tensor_bytes"] = max(math.prod(s) * (2 if dt.is_floating_point else 1)
-                                         for _, s, dt in tensor_plan(model.config))
+        model = load_measured(ckpt, RD)
         log.info("disk120b load: %s", json.dumps({k: v for k, v in RD.items() if k != "files"}))
         model.tokenizer = None
         measure_model(model, model.config, [1024], RD, R["ceilings"], deadline, reference_at=None,

@@ -7,29 +7,16 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
-from probe_setup import probe_setup  # noqa: E402
+from probe_setup import moe_ms, probe_setup  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
 
 RULE = moe_hopper.hopper_tile
-
-
-def moe_ms(model, ids) -> float:
-    """Summed GPU ms of the MoE kernels in one forward (mean of 3)."""
-    model(ids)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            model(ids)
-        torch.cuda.synchronize()
-    return sum(ev.device_time for ev in prof.events() if ev.device_type.name == "CUDA"
-               and "moe_hopper" in ev.name) / 3 / 1e3
 
 
 def main() -> None:

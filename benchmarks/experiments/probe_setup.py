@@ -1,11 +1,12 @@
 """What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model (or `size`'s)
 built in GPU memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for
-each length (seed 0, drawn in order)."""
+each length (seed 0, drawn in order); and the MoE kernels' GPU time inside a forward."""
 
 import sys
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -24,3 +25,15 @@ def probe_setup(default_lengths: list[int], size: str = "20b"):
     g = torch.Generator(device="cuda").manual_seed(0)
     prompts = ((T, torch.randint(0, 8000, (T,), device="cuda", generator=g)) for T in lengths)
     return out, cfg, model, R, prompts
+
+
+def moe_ms(model, ids) -> float:
+    """Summed GPU ms of the Hopper MoE kernels in one forward (mean of 3, torch.profiler)."""
+    model(ids)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            model(ids)
+        torch.cuda.synchronize()
+    return sum(ev.device_time for ev in prof.events() if ev.device_type.name == "CUDA"
+               and "moe_hopper" in ev.name) / 3 / 1e3
