@@ -1,12 +1,13 @@
 """The MoE tile schedule (plain torch, CPU): every routed (token, slot) pair lands in exactly one tile row of
 its own expert, tiles never cross experts, and spare tiles of the static grid are empty; and the Hopper kernels'
-tile rule (pure Python, where Triton with Gluon imports)."""
+tile rule (pure Python)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile
 from gptoss_viz.runtime.kernels.schedule import max_tiles, moe_schedule
 
 
@@ -35,11 +36,7 @@ def test_schedule_covers_every_assignment_once(N, E, k, BM):
 
 def test_hopper_tile_rule_takes_two_halves_only_for_many_experts():
     """hopper_tile: 32+32 tiles of 128 output features a program (halves 2) for a mean of 4-63 rows an expert with
-    64 or more experts (120b), never for 20b's 32 experts; the rest of the rule unchanged. (The rule needs Triton
-    with Gluon to import.)"""
-    pytest.importorskip("triton.experimental.gluon")
-    from gptoss_viz.runtime.kernels.moe_hopper import HopperTile, hopper_tile
-
+    64 or more experts (120b), never for 20b's 32 experts; the rest of the rule unchanged."""
     assert hopper_tile(1100 * 4 / 128, 128) == HopperTile(32, 32, 4, halves=2)
     assert hopper_tile(1100 * 4 / 32, 32) == HopperTile(128, 32, 3)
     assert hopper_tile(40, 32) == HopperTile(32, 32, 4)
