@@ -7,6 +7,8 @@ Per token count: the layer with moe.py's tables, then with the Hopper kernels at
 ("auto") and at other tiles; each variant's output against the table's (relative Frobenius difference and largest
 absolute difference: 0 means bit-identical), the whole layer's time (CUDA events, median) and each launch's time
 (torch.profiler, mean over 5 calls, in launch order: the schedule, [the row gather], gate_up, down, the k-sum).
+`--decode one two` runs each Hopper tile with the one-multiply decode (variant name + " om"; the layer's scales
+are all <= 128, which it needs) and with the two-multiply one (twelfth session).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def main() -> None:
     ap.add_argument("--counts", type=int, nargs="*", default=list(COUNTS))
     ap.add_argument("--tiles", nargs="*", default=list(TILES))
     ap.add_argument("--size", default="20b", help="the layer's shape: 20b (32 experts) or 120b (128)")
+    ap.add_argument("--decode", nargs="*", choices=("one", "two"), default=["one"],
+                    help="the Hopper decode: one multiply (what the model runs at scales <= 128) and/or two")
     args = ap.parse_args()
     R = {**header(), "size": args.size, "counts": []}
     cfg, mlp, gu, dn, gus, dns = hopper_layer(args.size)
@@ -94,6 +98,8 @@ def main() -> None:
     # what one call must read from memory at least: the packed expert weights (blocks + scales)
     R["weight_bytes"] = sum(t.numel() * t.element_size() for t in (gu, dn, gus, dns))
     d, E, k = cfg.hidden_size, cfg.num_local_experts, cfg.num_experts_per_tok
+    if "one" in args.decode:
+        assert max(int(gus.max()), int(dns.max())) <= 128, "the one-multiply decode needs scales <= 128"
     g = torch.Generator(device="cuda").manual_seed(2)
     for T in args.counts:
         x = torch.randn(T, d, device="cuda", generator=g).to(torch.bfloat16)
@@ -104,12 +110,14 @@ def main() -> None:
             base = table()
             rows.append({"variant": "moe.py table", "ms": gpu_ms(table, warmup=3, reps=9),
                          "launches": launches_ms(table)})
-            for name in args.tiles:
+            for name, om in ((n, om) for n in args.tiles for om in args.decode):
                 tile = TILES[name] or moe_hopper.hopper_tile(T * k / E, E)
+                name = name + (" om" if om == "one" else "")
 
-                def hop(tile=tile):
+                def hop(tile=tile, om=om == "one"):
                     return moe_hopper.moe_mxfp4_hopper(x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns,
-                                                       ex.down_proj_bias, ex.limit, ex.alpha, tile=tile)
+                                                       ex.down_proj_bias, ex.limit, ex.alpha, tile=tile,
+                                                       one_multiply=om)
                 try:
                     out = hop()
                     row = {"variant": f"hopper {name}", "tile": list(tile),

@@ -253,8 +253,9 @@ HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880,
                                                                           (128, 64, 8, 2, 37)]
 
 
-def hopper_moe(moe: MoE, x, idx, weight, tile=None):
-    """moe_mxfp4_hopper on a copy of moe's experts re-arranged into the Hopper order (moe keeps its own)."""
+def hopper_moe(moe: MoE, x, idx, weight, tile=None, one_multiply=True):
+    """moe_mxfp4_hopper on a copy of moe's experts re-arranged into the Hopper order (moe keeps its own); with the
+    one-multiply decode by default, which the module takes at random_moe's scales (117..122)."""
     from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
     from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
 
@@ -262,7 +263,7 @@ def hopper_moe(moe: MoE, x, idx, weight, tile=None):
     return moe_mxfp4_hopper(x, idx, weight, to_hopper_order(ex.gate_up_proj_blocks),
                             to_hopper_scales(ex.gate_up_proj_scales), ex.gate_up_proj_bias,
                             to_hopper_order(ex.down_proj_blocks), to_hopper_scales(ex.down_proj_scales),
-                            ex.down_proj_bias, ex.limit, ex.alpha, tile=tile)
+                            ex.down_proj_bias, ex.limit, ex.alpha, tile=tile, one_multiply=one_multiply)
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
@@ -285,6 +286,85 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
     diff = rel_err(fast, triton_out)
     assert diff <= REL_FLOOR, f"{where}: differs from moe.py's kernel by {diff:.3g}"
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("one_multiply,scales", [(False, (1, 252)), (True, (0, 128))])
+def test_hopper_decode_is_exact(one_multiply, scales):
+    """moe_hopper's decode as its wgmma reads it, bit for bit against mxfp4_dequant: rows of all 256 byte values
+    (K = 512, in mxfp4.to_hopper_order), one scale a row, every scale of the range that decode claims. Each K
+    step's decoded [64, 64] A operand is multiplied by an identity matrix in shared memory (fp32, exact). (Up to
+    252 for two multiplies: from 253 on the largest codes are inf, in mxfp4_dequant's fp32 too, and inf times the
+    identity's zeros is NaN.)"""
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia import hopper
+
+    from gptoss_viz.runtime.kernels import moe_hopper as mh
+    from gptoss_viz.runtime.mxfp4 import to_hopper_order
+
+    @gluon.jit
+    def decode_kernel(w_ptr, s_ptr, out_ptr, K: gl.constexpr, BL: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
+        BO: gl.constexpr = 64
+        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+        AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
+        WL: gl.constexpr = mh._word_layout(BO)
+        r0 = gl.program_id(0) * BO
+        j = gl.program_id(1)  # the K step
+        # its words [BO, 4 (t), 2 (p)] (word 2t + p of the row's 8), as _smem_words gives them, from global memory
+        L2: gl.constexpr = gl.SliceLayout(2, WL)
+        r = gl.arange(0, BO, layout=gl.SliceLayout(1, L2))
+        t = gl.arange(0, 4, layout=gl.SliceLayout(0, L2))
+        p = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+        rt = gl.expand_dims(gl.expand_dims(r0 + r, 1) * (K // 8) + j * 8 + 2 * gl.expand_dims(t, 0), 2)
+        word = gl.load(w_ptr + rt + gl.expand_dims(gl.expand_dims(p, 0), 1))
+        # and its two scales a row [BO, 1, 2], as _smem_scales gives them
+        SL: gl.constexpr = gl.SliceLayout(1, WL)
+        rs = gl.arange(0, BO, layout=gl.SliceLayout(1, SL))
+        ps = gl.arange(0, 2, layout=gl.SliceLayout(0, SL))
+        sc = gl.load(s_ptr + gl.expand_dims(r0 + rs, 1) * (K // 32) + 2 * j + gl.expand_dims(ps, 0))
+        w = mh._decode(word, gl.expand_dims(sc.to(gl.int32), 1), BO, AL, WL, ONE_MULTIPLY)
+        EL: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        ri = gl.arange(0, 64, layout=gl.SliceLayout(1, EL))
+        ci = gl.arange(0, 64, layout=gl.SliceLayout(0, EL))
+        eye = (gl.expand_dims(ri, 1) == gl.expand_dims(ci, 0)).to(gl.bfloat16)
+        b_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], BL, eye)
+        hopper.fence_async_shared()
+        acc = hopper.warpgroup_mma(w, b_smem.permute((1, 0)), gl.zeros([BO, 64], gl.float32, ACC), use_acc=False)
+        OL: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])
+        acc = gl.convert_layout(acc, OL)
+        ro = gl.arange(0, BO, layout=gl.SliceLayout(1, OL))
+        co = gl.arange(0, 64, layout=gl.SliceLayout(0, OL))
+        gl.store(out_ptr + gl.expand_dims(r0 + ro, 1) * K + j * 64 + gl.expand_dims(co, 0), acc)
+
+    lo, hi = scales
+    n = hi - lo + 1
+    K = 512  # 16 blocks of 32 values: the 256 byte values once
+    rows = 64 * triton.cdiv(n, 64)
+    blocks = torch.arange(256, device="cuda", dtype=torch.int32).to(torch.uint8).repeat(rows, 1).view(rows, 16, 16)
+    scl = (lo + torch.arange(rows, device="cuda") % n).to(torch.uint8)[:, None].expand(rows, 16).contiguous()
+    words = to_hopper_order(blocks).view(torch.int32)  # [rows, K / 8]
+    out = torch.empty(rows, K, device="cuda", dtype=torch.float32)
+    decode_kernel[(rows // 64, K // 64)](words, scl, out, K=K, BL=mh._rows_layout(64), ONE_MULTIPLY=one_multiply,
+                                         num_warps=4)
+    want = mxfp4_dequant(blocks, scl, torch.float32)  # exact in fp32, and bf16 holds every value
+    assert torch.equal(want.to(torch.bfloat16).float(), want), "test values not representable in bf16"
+    bad = out != want
+    assert not bad.any(), (f"one_multiply={one_multiply}: {int(bad.sum())} values differ, first at "
+                           f"{bad.nonzero()[0].tolist()}: {out[bad][:4].tolist()} vs {want[bad][:4].tolist()}")
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("tile", ["auto", "16+16", "32+32 h2", "64+32 s2 r128", "128+32", "128+64"])
+@pytest.mark.parametrize("d,I,E,k,N", [(2880, 2880, 32, 4, 333), (2880, 2880, 128, 4, 129)])
+def test_hopper_one_multiply_equals_two(d, I, E, k, N, tile):
+    """At scales <= 128 the one-multiply decode gives the very bits of the two-multiply one, whole layers through."""
+    moe = random_moe(d, I, E, k, seed=N)
+    x, idx, weight = routed_inputs(N, d, E, k)
+    one = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile](), one_multiply=True)
+    two = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile](), one_multiply=False)
+    assert torch.equal(one, two), f"tile {tile}: max |diff| {(one - two).abs().max().item():.3g}"
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
@@ -360,6 +440,7 @@ def test_moe_module_takes_the_hopper_kernels_and_keeps_its_weights():
             moe.hook_expert_idx._fns.clear()
             moe.hook_expert_weight._fns.clear()
         assert moe.last_path == "triton" and moe.experts.blocks_order == "hopper"
+        assert moe.experts.one_multiply  # random_moe's scales, 117..122
         exact = moe_exact(moe, x, routed["idx"], routed["weight"])  # the experts the fast path chose
         check_no_worse(fast, ref, exact, "MoE module, Hopper kernels")
         # the block's residual add in the kernel that sums the experts: the same as adding after it, bit for bit,
@@ -375,6 +456,39 @@ def test_moe_module_takes_the_hopper_kernels_and_keeps_its_weights():
         again = moe(x)
         assert rel_err(again, ref) <= REL_FLOOR, f"the reference path changed by {rel_err(again, ref):.3g}"
     assert all(torch.equal(v, sd[k]) for k, v in moe.state_dict().items())
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+def test_moe_module_decodes_scales_above_128_with_two_multiplies():
+    """One scale of 129 (weights up to 24) in a layer: the module notes it and its Hopper kernels decode with two
+    multiplies, within the reference's error of exact maths; the one-multiply decode would have made those weights
+    infinite (2^128 is no bf16 number), which is why it is checked."""
+    moe = random_moe(2880, 2880, 32, 4, seed=12)
+    moe.experts.down_proj_scales[:, 7, 3] = 129  # every expert: output feature 7, inputs 96..127
+    x, idx, weight = routed_inputs(100, 2880, 32, 4)
+    g = torch.Generator(device=DEVICE).manual_seed(12)
+    moe.router.weight.data = (0.05 * torch.randn(32, 2880, generator=g, device=DEVICE)).to(DTYPE)
+    moe.router.bias.data = moe.router.bias.data.to(DTYPE)
+    xs = torch.randn(100, 2880, generator=g, device=DEVICE).to(DTYPE)
+    routed = {}
+    moe.hook_expert_idx._fns.append(lambda t, hook: routed.__setitem__("idx", t))
+    moe.hook_expert_weight._fns.append(lambda t, hook: routed.__setitem__("weight", t))
+    with torch.no_grad():
+        try:
+            fast = moe(xs)
+        finally:
+            moe.hook_expert_idx._fns.clear()
+            moe.hook_expert_weight._fns.clear()
+        assert moe.last_path == "triton" and not moe.experts.one_multiply
+        exact = moe_exact(moe, xs, routed["idx"], routed["weight"])
+        moe.use_kernels = False
+        ref = moe(xs)
+    assert torch.isfinite(fast).all() and exact[:, 7].abs().max() > 1  # the large weights count
+    check_no_worse(fast, ref, exact, "MoE module, a scale of 129")
+    plain = random_moe(2880, 2880, 32, 4, seed=12)  # the same weights, re-arranged by hopper_moe
+    plain.experts.down_proj_scales[:, 7, 3] = 129
+    wrong = hopper_moe(plain, x, idx, weight, one_multiply=True)
+    assert not torch.isfinite(wrong[:, 7]).all()
 
 
 # ---------------------------------------------------------------------------------------------------------------

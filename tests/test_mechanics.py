@@ -378,6 +378,35 @@ def test_experts_in_hopper_order_compute_and_save_the_same():
         assert torch.equal(model(ids), before)
 
 
+def test_experts_note_whether_the_one_multiply_decode_is_exact():
+    """Experts.one_multiply (the Hopper kernels may decode with one bf16 multiply, which is exact only when no scale
+    is above 128) is read when the blocks are re-arranged and again whenever a state dict brings new scales; one
+    scale of 129 anywhere, in either projection, turns it off."""
+    from gptoss_viz.runtime.gptoss import ONE_MULTIPLY_MAX_SCALE
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=1, vocab_size=64, hidden_size=128, intermediate_size=64,
+                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)
+    model = random_packed_model(cfg, "cpu", seed=3)
+    ex = model.blocks[0].mlp.experts
+    assert ONE_MULTIPLY_MAX_SCALE == 128
+    assert not ex.one_multiply  # not read before the Hopper order is taken
+    ex.use_hopper_order()
+    assert ex.one_multiply  # random_checkpoint's scales sit at 119/120, as trained ones near 127
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, at in (("down_proj_scales", (3, 127, 1)), ("gate_up_proj_scales", (0, 5, 2))):
+        key = f"blocks.0.mlp.experts.{name}"
+        for value, exact in ((128, True), (129, False), (254, False), (0, True)):
+            changed = dict(sd)
+            changed[key] = sd[key].clone()
+            changed[key][at] = value
+            model.load_state_dict(changed)
+            assert ex.one_multiply == exact, (name, value)
+            assert torch.equal(model.state_dict()[key], changed[key])  # (saved as loaded, checkpoint order)
+        model.load_state_dict(sd)
+        assert ex.one_multiply
+
+
 def test_fused_qkv_keeps_parameters_state_dict_and_outputs():
     """Attention.fuse_qkv (what the GPU fast path runs: q, k and v from one matmul) makes the three projections'
     parameters views of one tensor: the state dict and the forward are unchanged, a loaded state dict lands in the

@@ -3,10 +3,10 @@ its K loops: instructions a loop iteration (two K steps) by opcode, with the CTA
 wgmmas counted. Triton's JIT needs an active driver to pick the target, so a stand-in one names sm_90; the
 arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors over them; nothing is launched).
 
-    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [ws] [--dump FILE.sass]
+    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [ws] [--dump FILE.sass]
 
 (`h2`: 128 output features a program, HopperTile.halves = 2 (eleventh session); `ws`: the warp-specialised
-variant of experiments/moe_hopper_ws_loader.patch, once applied.)
+variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session.)
 
 Tenth session (issue 6): a K step of the 128+32 tile is ~270 instructions a warp with 5 CTA barriers
 (RESULTS.md). The counts depend on the Triton version (the GPU machine's is 3.6).
@@ -48,7 +48,7 @@ class _Sm90:
 
 
 def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg: int = 0, tokens: int = 1024,
-                   ws: bool = False, halves: int = 1):
+                   ws: bool = False, halves: int = 1, one_multiply: bool = False):
     driver.set_active(_Sm90())
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -71,6 +71,8 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         raise SystemExit("ws: apply benchmarks/experiments/moe_hopper_ws_loader.patch first")
     if "HALVES" in mh._moe_hopper_kernel.arg_names:
         extra["HALVES"] = halves
+    if "ONE_MULTIPLY" in mh._moe_hopper_kernel.arg_names:
+        extra["ONE_MULTIPLY"] = one_multiply
     bop = mh.BO * halves
     return mh._moe_hopper_kernel.warmup(
         TensorDescriptor.from_tensor(rows, [bt, 64], mh._rows_layout(bt)),
@@ -78,7 +80,7 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         TensorDescriptor.from_tensor(words, [bop, 8], mh._WORDS),
         TensorDescriptor.from_tensor(scales, [1, 2 * bop], mh._SCALES),
         i32, torch.empty(A, dtype=torch.bfloat16), bias, out, i32, i32, i32, K, N, bias.stride(0), out.stride(0),
-        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=mh.BO, STAGES=stages, NARROW=True, num_warps=4,
+        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=mh.BO, STAGES=stages, NARROW=bt >= 64, num_warps=4,
         grid=(1,), **extra)
 
 
@@ -121,7 +123,7 @@ def main() -> None:
     bt, bx, stages = (int(a) for a in args[:3])
     maxnreg = next((int(a[1:]) for a in args[3:] if a.startswith("r")), 0)
     kernel = compile_kernel(bt, bx, stages, gate_up="down" not in args, maxnreg=maxnreg, ws="ws" in args,
-                            halves=2 if "h2" in args else 1)
+                            halves=2 if "h2" in args else 1, one_multiply="om" in args)
     sass, usage = sass_of(kernel)
     print(f"shared {kernel.metadata.shared} B;", re.search(r"REG:\d+.*?LOCAL:\d+", usage).group(0))
     for loop in k_loops(sass):

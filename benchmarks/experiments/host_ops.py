@@ -1,5 +1,6 @@
 """Host time of each launch of one 20b layer at 1024 tokens (perf_counter over 50 calls, GPU queue not full),
-for the launch-cost work of issue 6. Development probe."""
+for the launch-cost work of issue 6. Development probe. `--launch`: one Triton launch through the JIT against
+the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session)."""
 
 import dataclasses
 import sys
@@ -107,5 +108,66 @@ def launch_probe() -> None:
     print("direct equals jit:", torch.equal(out, ref))
 
 
+def moe_probe() -> None:
+    """The host time of each piece of one moe_mxfp4_hopper call (20b layer, 1024 tokens, its tile: 128+32)."""
+    import triton
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from gptoss_viz.runtime.gptoss import route
+    from gptoss_viz.runtime.kernels import moe_hopper as mh
+    from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+    from gptoss_viz.runtime.kernels.moe import sum_slots
+
+    cfg = gptoss_config("20b")
+    cfg = dataclasses.replace(cfg, num_hidden_layers=1, layer_types=cfg.layer_types[:1])
+    model = random_packed_model(cfg, "cuda")
+    model.prepare_kernels()
+    T, k, E, d, I = 1024, 4, 32, 2880, 2880
+    m = model.blocks[0].mlp
+    ex = m.experts
+    x = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
+    idx, w = route(m.router(x), k)
+    bt, bx, stages, maxnreg, narrow, halves = mh.hopper_tile(T * k / E, E)
+    s = moe_schedule_fused(idx, E, bt + bx)
+    xs = x.index_select(0, s.token)
+    lay, lay2 = mh._rows_layout(bt), mh._rows_layout(bx)
+    act = torch.empty(T * k, I, device="cuda", dtype=torch.bfloat16)
+    two_i = 2 * I
+    descs = (TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bx, 64], lay2),
+             TensorDescriptor.from_tensor(ex.gate_up_proj_blocks.view(torch.int32).view(E * two_i, d // 8), [64, 8],
+                                          mh._WORDS),
+             TensorDescriptor.from_tensor(ex.gate_up_proj_scales.view(E * (d // 64), 2 * two_i), [1, 128],
+                                          mh._SCALES))
+
+    def launch():
+        mh._moe_hopper_kernel[(triton.cdiv(two_i, 64), s.n_tiles)](
+            *descs, s.order, s.order, ex.gate_up_proj_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
+            ex.gate_up_proj_bias.stride(0), act.stride(0), 7.0, 1.702, GATE_UP=True, TOP_K=k, BT=bt, BX=bx, BO=64,
+            STAGES=stages, NARROW=narrow, HALVES=halves, ONE_MULTIPLY=True, num_warps=4)
+
+    y = torch.empty(T * k, d, device="cuda", dtype=torch.float32)
+    rows = {
+        "moe module": lambda: m(x),
+        "router linear": lambda: m.router(x),
+        "route_fused": lambda: __import__("gptoss_viz.runtime.kernels.fused", fromlist=["route_fused"]).route_fused(
+            m.router(x), k),
+        "moe_mxfp4_hopper": lambda: mh.moe_mxfp4_hopper(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
+                                                        ex.gate_up_proj_bias, ex.down_proj_blocks,
+                                                        ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                                                        one_multiply=True),
+        "hopper_tile": lambda: mh.hopper_tile(T * k / E, E),
+        "moe_schedule_fused": lambda: moe_schedule_fused(idx, E, bt + bx),
+        "index_select": lambda: x.index_select(0, s.token),
+        "torch.empty act": lambda: torch.empty(T * k, I, device="cuda", dtype=torch.bfloat16),
+        "TensorDescriptor.from_tensor": lambda: TensorDescriptor.from_tensor(xs, [bt, 64], lay),
+        "gate_up launch (descriptors built)": launch,
+        "weight.reshape(-1).contiguous()": lambda: w.reshape(-1).contiguous(),
+        "sum_slots": lambda: sum_slots(y, T, torch.bfloat16, None),
+    }
+    with torch.inference_mode():
+        for name, fn in rows.items():
+            print(f"{name:36s} {host_us(fn):8.1f} us", flush=True)
+
+
 if __name__ == "__main__":
-    launch_probe() if "--launch" in sys.argv else main()
+    launch_probe() if "--launch" in sys.argv else moe_probe() if "--moe" in sys.argv else main()

@@ -17,6 +17,8 @@ Dimension letters (shapes are for one sequence; a leading batch dimension B is a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -236,6 +238,7 @@ class Experts(nn.Module):
         E, d, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
         self.packed = packed
         self.blocks_order = "checkpoint"
+        self.one_multiply = False  # see note_scales
         self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
         if packed:
             self.register_buffer("gate_up_proj_blocks", torch.zeros(E, 2 * I, d // 32, 16, dtype=torch.uint8))
@@ -288,6 +291,16 @@ class Experts(nn.Module):
         for name in _PACKED:
             _to_hopper_in_place(getattr(self, name))
         self.blocks_order = "hopper"
+        self.note_scales()
+
+    @torch.no_grad()
+    def note_scales(self) -> None:
+        """Whether the Hopper kernels may decode with one bf16 multiply a pair of weights instead of two
+        (moe_hopper's `one_multiply`: one instruction fewer for every two weights decoded): only if every scale is
+        at most ONE_MULTIPLY_MAX_SCALE, where both decodes give the same bits (trained checkpoints' sit near 127).
+        Read here, once (one host sync), wherever the scales change: use_hopper_order and loading a state dict."""
+        self.one_multiply = self.packed and all(
+            int(getattr(self, n).max()) <= ONE_MULTIPLY_MAX_SCALE for n in _PACKED if n.endswith("_scales"))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -302,6 +315,7 @@ class Experts(nn.Module):
             for name in _PACKED:
                 if prefix + name in state_dict:  # (a partial load leaves the others in the Hopper order)
                     _to_hopper_in_place(getattr(self, name))
+            self.note_scales()
 
     def expert(self, e: int, x: torch.Tensor, w1: torch.Tensor | None = None,
                w2: torch.Tensor | None = None) -> torch.Tensor:
@@ -314,6 +328,7 @@ class Experts(nn.Module):
 
 
 DEQUANT_CHUNK_BYTES = 64 << 20  # most dequantized expert weight bytes held at once
+ONE_MULTIPLY_MAX_SCALE = 128  # 2^(scale - 1) is a bf16 number up to here (kernels/moe.py: _decode_asm)
 
 
 _PACKED = ("gate_up_proj_blocks", "down_proj_blocks", "gate_up_proj_scales", "down_proj_scales")
@@ -358,7 +373,7 @@ class MoE(nn.Module):
             from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
 
             ex.use_hopper_order()  # once: the Hopper kernels read the blocks in their own order
-            return moe_mxfp4_hopper
+            return functools.partial(moe_mxfp4_hopper, one_multiply=ex.one_multiply)
         if ex.blocks_order == "hopper":  # (e.g. fp16 activations after bf16 ones): the reference undoes the order
             return None
         from gptoss_viz.runtime.kernels.moe import moe_mxfp4

@@ -25,15 +25,16 @@ against mxfp4_dequant over every byte and scale of its range (tests/test_kernels
     0.5 * 2^-14 or zero, which the fp16 -> fp32 conversion keeps exactly). One fp32 multiply by
     2^(scale - 127 + 14) then gives the value, exactly (a power of two), for scales 1..240.
   (1, bf16 bit patterns from integer operations only, was never faster in the sweep and was removed.)
-  2 (bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_asm), ~4 instructions a value
-    instead of 10-12; 4-23% faster per MoE layer (benchmarks/moe_variants.py). Equal to mxfp4_dequant in fp32
-    for scales 1..254 (from 253 on the largest codes overflow to inf in both); scale 0 (2^-127) would decode to 0
-    instead of at most 6 * 2^-127.
-  3: variant 2 with one multiply, ~3.5 instructions a value, exact for scales 0..128 (weights below
+  2 (bf16 on sm_90): PTX on two bf16 values per 32-bit register (_decode_asm), ~3 instructions a value
+    instead of 10-12 (~4 before its nibbles were placed by one integer multiply, twelfth session); 4-23% faster
+    per MoE layer (benchmarks/moe_variants.py, with the earlier PTX). Equal to mxfp4_dequant in fp32 for scales
+    1..254 (from 253 on the largest codes overflow to inf in both); scale 0 (2^-127) would decode to 0 instead of
+    at most 6 * 2^-127.
+  3: variant 2 with one multiply, half an instruction a value fewer, exact for scales 0..128 (weights below
     12 in magnitude: any trained checkpoint). On one 20b layer it was 23% faster to 20% slower than variant 2
     depending on the tile, on a machine whose timings drifted by up to 2x within the run (benchmarks/RESULTS.md),
-    and again -16% to +6% in a later sweep (results/moe_variants_occupancy.json), so it is not the default; it
-    stays in the sweep and the tests.
+    and again -16% to +6% in a later sweep (results/moe_variants_occupancy.json), so it is not the default here; it
+    stays in the sweep and the tests. (moe_hopper.py's kernels do take it where a layer's scales allow.)
 Trained checkpoints sit near scale 127, and 255 (NaN) is rejected at load.
 
 Letters: N tokens, d hidden, I expert width, E experts, k experts per token, A = N * k assignments.
@@ -54,32 +55,39 @@ from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused
 def _decode_asm(one_multiply: bool, shared_scale: bool = False) -> str:
     """PTX for _decode_bf16x2: four bytes (one register, $4) and their four scales ($5) -> four registers of two
     bf16 each ($0, $1: the low nibbles of bytes 0-1 and 2-3; $2, $3: the high nibbles).
-    shared_scale (moe_hopper.py's form): the four bytes share one scale ($9, spread once), the byte register is $8,
-    and each result register is split into two 16-bit outputs ($0-$7, the same values in the same order).
+    shared_scale (moe_hopper.py's form): the four bytes share one scale ($9), the byte register is $8, and each
+    result register is split into two 16-bit outputs ($0-$7, the same values in the same order).
 
-    prmt spreads bytes b0, b1 into the two 16-bit halves of a word t; shifting t left by 6 (low nibbles) or 2 (high
-    nibbles) puts a nibble's e1 e0 m bits at 8..6, and by 6 more its sign bit at 15; one lop3 ((a & c) | (b & ~c),
-    table 0xE4) and one mask keep just those bits. That is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0
-    is a bf16 subnormal, which PTX's bf16 multiply keeps). Then either two bf16x2 multiplies, by 2^126 and by
+    prmt spreads bytes b0, b1 into the two 16-bit halves of a word t. One nibble s|e1 e0|m of each half is kept
+    (and 0x000F000F, or 0x00F000F0 for the high ones) and one integer multiply makes two copies of it, shifted by 6
+    and by 12 (by 2 and 8 for the high nibbles), which do not overlap, so no carry crosses between them: the
+    first puts e1 e0 m at bits 8..6, the second the sign at bit 15. One mask (0x81C081C0) keeps just those bits.
+    That is the bf16 number fp4 * 2^-126 for all 16 codes (e = 0 is a bf16 subnormal, which PTX's bf16 multiply
+    keeps): 3 integer instructions a register of two values. Then either two bf16x2 multiplies, by 2^126 and by
     2^(scale - 127) (bf16 bits scale << 7; exact for scales 1..252, inf for the largest codes from 253 on, as in
-    fp32), or one by 2^(scale - 1) (bf16 bits (scale + 126) << 7, a bf16 number only for scales 0..128)."""
+    fp32), or one by 2^(scale - 1) (bf16 bits (scale + 126) << 7, a bf16 number only for scales 0..128). With a
+    shared scale, one multiply-add spreads it into both halves and shifts it: scale * 0x00800080 (+ 126 << 7)."""
     byte, scale = ("$8", "$9") if shared_scale else ("$4", "$5")
     if shared_scale:
-        scales = {"sc": "0x4040"}  # the one scale in both halves
+        scales = {"sc": None}
         per_out = ("sc",) * 4
     else:
         scales = {"s01": "0x4140", "s23": "0x4342"}  # the scales of bytes 0-1, 2-3
         per_out = ("s01", "s23", "s01", "s23")
-    lines = [f".reg .b32 t01, t23, {', '.join(scales)}, u, v, m, two126;", "mov.b32 m, 0x01C001C0;",
-             "mov.b32 two126, 0x7E807E80;", f"prmt.b32 t01, {byte}, 0, 0x4140;", f"prmt.b32 t23, {byte}, 0, 0x4342;"]
-    lines += [f"prmt.b32 {sc}, {scale}, 0, {sel};" for sc, sel in scales.items()]
-    for sc in scales:
-        if one_multiply:
-            lines.append(f"add.u32 {sc}, {sc}, 0x007E007E;")
-        lines.append(f"shl.b32 {sc}, {sc}, 7;")
-    for out, ((t, shift), sc) in enumerate(zip((("t01", 6), ("t23", 6), ("t01", 2), ("t23", 2)), per_out)):
-        lines += [f"shl.b32 u, {t}, {shift};", f"shl.b32 v, {t}, {shift + 6};", "lop3.b32 u, u, v, m, 0xE4;",
-                  "and.b32 u, u, 0x81C081C0;"]
+    lines = [f".reg .b32 t01, t23, {', '.join(scales)}, u, two126;", "mov.b32 two126, 0x7E807E80;",
+             f"prmt.b32 t01, {byte}, 0, 0x4140;", f"prmt.b32 t23, {byte}, 0, 0x4342;"]
+    if shared_scale:
+        lines.append(f"mad.lo.u32 sc, {scale}, 0x00800080, {'0x3F003F00' if one_multiply else '0'};")
+    else:
+        for sc, sel in scales.items():
+            lines.append(f"prmt.b32 {sc}, {scale}, 0, {sel};")
+            if one_multiply:
+                lines.append(f"add.u32 {sc}, {sc}, 0x007E007E;")
+            lines.append(f"shl.b32 {sc}, {sc}, 7;")
+    nibbles = (("t01", "0x000F000F", "0x1040"), ("t23", "0x000F000F", "0x1040"),
+               ("t01", "0x00F000F0", "0x104"), ("t23", "0x00F000F0", "0x104"))
+    for out, ((t, keep, copies), sc) in enumerate(zip(nibbles, per_out)):
+        lines += [f"and.b32 u, {t}, {keep};", f"mul.lo.u32 u, u, {copies};", "and.b32 u, u, 0x81C081C0;"]
         if not one_multiply:
             lines.append("mul.rn.bf16x2 u, u, two126;")
         if shared_scale:

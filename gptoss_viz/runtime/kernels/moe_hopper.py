@@ -26,9 +26,9 @@ only that wide, on the first rows of its stage (`HopperTile.narrow`; 1.9% less M
 tokens, benchmarks/experiments/narrow_probe.py). Tiles of one row range launch next to each other (feature tiles
 first): they share the activations in L2.
 
-Arithmetic: moe.py's (_decode_asm's bit trick, the same two multiplies; fp32 accumulation over the same K steps; the
-same epilogues), and on an H200 the outputs were bit-identical to moe.py's kernels at every size measured
-(benchmarks/moe_hopper.py). Scope: bf16 activations, K and the expert width multiples of 64 (`supported`).
+Arithmetic: moe.py's (_decode_asm's bit trick, with its two multiplies, or with one where every scale of the layer
+allows it: `one_multiply`; fp32 accumulation over the same K steps; the same epilogues), and on an H200 the outputs
+were bit-identical to moe.py's kernels at every size measured (benchmarks/moe_hopper.py). Scope: bf16 activations, K and the expert width multiples of 64 (`supported`).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a th
 
 
 # one 32-bit word of four packed bytes ($8) and their shared scale ($9) -> eight bf16 ($0-$7, in pairs: the low
-# nibbles of bytes 0 and 1, of bytes 2 and 3, then the high nibbles), each pair computed in one 32-bit register
-_DECODE_WORD_ASM = gl.constexpr(_decode_asm(one_multiply=False, shared_scale=True))
+# nibbles of bytes 0 and 1, of bytes 2 and 3, then the high nibbles), each pair computed in one 32-bit register;
+# with one bf16 multiply (exact for scales 0..128 only: what every layer of a trained checkpoint holds) or two
+_DECODE_WORD_ONE_MULTIPLY = gl.constexpr(_decode_asm(one_multiply=True, shared_scale=True))
+_DECODE_WORD_TWO_MULTIPLIES = gl.constexpr(_decode_asm(one_multiply=False, shared_scale=True))
 
 
 @gluon.constexpr_function
@@ -69,12 +71,14 @@ def _word_layout(BO):
 
 
 @gluon.jit
-def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr):
+def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
     """words [BO, 4 (t), 2 (p)] (mxfp4.to_hopper_order) and scales [BO, 1, 2] -> the weights [BO, 64] bf16 in
-    wgmma's A-operand layout AL: every 32-bit register of the decode is already one A register (a K pair)."""
+    wgmma's A-operand layout AL: every 32-bit register of the decode is already one A register (a K pair).
+    ONE_MULTIPLY: the decode with one bf16 multiply, exact only if every scale is at most 128."""
     s32 = s + gl.zeros([BO, 4, 2], gl.int32, WL)
+    asm: gl.constexpr = _DECODE_WORD_ONE_MULTIPLY if ONE_MULTIPLY else _DECODE_WORD_TWO_MULTIPLIES
     h0, h1, h2, h3, h4, h5, h6, h7 = gl.inline_asm_elementwise(
-        _DECODE_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [word, s32], dtype=(gl.bfloat16,) * 8, is_pure=True,
+        asm, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [word, s32], dtype=(gl.bfloat16,) * 8, is_pure=True,
         pack=1)
     # pair (h0, h1): K = 32p + 2t + {0, 1}; (h2, h3): + 8; (h4, h5): + 16; (h6, h7): + 24
     w = gl.join(gl.join(gl.join(h0, h1), gl.join(h2, h3)), gl.join(gl.join(h4, h5), gl.join(h6, h7)))
@@ -164,14 +168,16 @@ def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, s
 
 @gluon.jit
 def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
-                 WL: gl.constexpr, HALVES: gl.constexpr):
+                 WL: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
     """Wait for step k's stage, decode its weight words with its scales: (first BO rows, second BO rows) with
     HALVES = 2, else (the BO rows, the same again)."""
     st = k % STAGES
     mbarrier.wait(ready.index(st), (k // STAGES) & 1)
-    w0 = _decode(_smem_words(w_smem, st, 0, BO, WL), _smem_scales(s_smem, st, 0, BO, WL), BO, AL, WL)
+    w0 = _decode(_smem_words(w_smem, st, 0, BO, WL), _smem_scales(s_smem, st, 0, BO, WL), BO, AL, WL,
+                 ONE_MULTIPLY)
     if HALVES == 2:
-        w1 = _decode(_smem_words(w_smem, st, 1, BO, WL), _smem_scales(s_smem, st, 1, BO, WL), BO, AL, WL)
+        w1 = _decode(_smem_words(w_smem, st, 1, BO, WL), _smem_scales(s_smem, st, 1, BO, WL), BO, AL, WL,
+                     ONE_MULTIPLY)
     else:
         w1 = w0
     return w0, w1
@@ -180,7 +186,7 @@ def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexp
 @gluon.jit
 def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
             BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr,
-            NB: gl.constexpr, HALVES: gl.constexpr):
+            NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
     """The K loop: [BO, NB] (the first NB of the BT rows a stage holds; and with EXTRA [BO, BX], the next BX
     rows) fp32 accumulators, for each of the program's HALVES sets of BO weight rows. A step decodes into one of
     two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
@@ -198,23 +204,23 @@ def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_s
     acc1 = acc0
     acc21 = acc20
     # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
-    wa0, wa1 = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+    wa0, wa1 = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
     acc0, acc1, acc20, acc21 = _step(0, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, start,
                                      wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k, False, STAGES,
                                      BT, EXTRA, AL2, NB, HALVES)
     # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
     # other's wgmma
     for k in range(1, num_k - 1, 2):
-        wb0, wb1 = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        wb0, wb1 = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
         acc0, acc1, acc20, acc21 = _step(k, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
                                          start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
                                          True, STAGES, BT, EXTRA, AL2, NB, HALVES)
-        wa0, wa1 = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        wa0, wa1 = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
         acc0, acc1, acc20, acc21 = _step(k + 1, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
                                          start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
                                          True, STAGES, BT, EXTRA, AL2, NB, HALVES)
     if num_k % 2 == 0:  # one step left
-        wb0, wb1 = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES)
+        wb0, wb1 = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
         acc0, acc1, acc20, acc21 = _step(num_k - 1, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc,
                                          s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                                          num_k, True, STAGES, BT, EXTRA, AL2, NB, HALVES)
@@ -273,11 +279,12 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 def _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N,
           stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
           GATE_UP: gl.constexpr, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-          EXTRA: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr):
+          EXTRA: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
     """One tile: the K loop on its first NB rows (with EXTRA, BT rows and the BX after them) and the epilogue(s),
     for each of the program's HALVES sets of BO output features (feature tiles HALVES * pid_n + h of BO)."""
     acc0, acc1, acc20, acc21 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
-                                       w_smem, s_smem, ready, num_k, BO, BT, BX, STAGES, EXTRA, NB, HALVES)
+                                       w_smem, s_smem, ready, num_k, BO, BT, BX, STAGES, EXTRA, NB, HALVES,
+                                       ONE_MULTIPLY)
     f = pid_n * HALVES
     if EXTRA:
         _epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, f, N, stride_biase,
@@ -303,7 +310,8 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
                    K, N, stride_biase, stride_om,
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
-                   BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr, HALVES: gl.constexpr):
+                   BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr, HALVES: gl.constexpr,
+                   ONE_MULTIPLY: gl.constexpr):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
@@ -334,24 +342,24 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
         if rows > BT:  # BT rows and up to BX more
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n,
                   N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT, HALVES)
+                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT, HALVES, ONE_MULTIPLY)
         elif NARROW:  # the wgmma as wide as the tile's rows need: BT // 4, BT // 2 or BT (all >= 16)
             if rows <= BT // 4:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4, HALVES)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4, HALVES, ONE_MULTIPLY)
             elif rows <= BT // 2:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2, HALVES)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2, HALVES, ONE_MULTIPLY)
             else:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY)
         else:
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                   pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES)
+                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -384,11 +392,14 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None,
-                     residual: torch.Tensor | None = None):
+                     residual: torch.Tensor | None = None, one_multiply: bool = False):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
-    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out) (moe.sum_slots)."""
+    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out) (moe.sum_slots).
+    `one_multiply`: decode with one bf16 multiply a register instead of two, which is exact only if no scale is
+    above 128 (weights of magnitude < 12: any trained checkpoint); the caller vouches for that
+    (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -419,7 +430,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves, num_warps=4,
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
+        ONE_MULTIPLY=bool(one_multiply), num_warps=4,
         **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
@@ -429,6 +441,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves, num_warps=4,
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
+        ONE_MULTIPLY=bool(one_multiply), num_warps=4,
         **regs)
     return sum_slots(y, N, x.dtype, residual)
