@@ -272,7 +272,9 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
         w, idx = mlp.router(x).topk(cfg.num_experts_per_tok, -1)
         w = w.softmax(-1)
         kernel = mlp._kernel(x)  # the one the model runs (moe_hopper's on an H100/H200, blocks re-arranged once)
-        out["moe_kernel"] = f"{kernel.__module__}.{kernel.__name__}"
+        fn = getattr(kernel, "func", kernel)  # (moe_hopper's comes with its decode bound: a functools.partial)
+        out["moe_kernel"] = f"{fn.__module__}.{fn.__name__}" + "".join(
+            f", {k}={v}" for k, v in getattr(kernel, "keywords", {}).items())
         ex = mlp.experts
         fast = lambda: kernel(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,  # noqa
                               ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)

@@ -34,14 +34,15 @@ def test_schedule_covers_every_assignment_once(N, E, k, BM):
     assert (seen == 1).all(), f"rows covered {seen.min().item()}..{seen.max().item()} times, expected once"
 
 
-def test_hopper_tile_rule_takes_two_halves_only_for_many_experts():
+def test_hopper_tile_rule_takes_two_halves_for_few_rows_an_expert():
     """hopper_tile: 32+32 tiles of 128 output features a program (halves 2) for a mean of 4-63 rows an expert with
-    64 or more experts (120b), never for 20b's 32 experts; the rest of the rule unchanged."""
+    64 or more experts (120b), and of 16-63 with fewer (20b's 32); the rest of the rule unchanged."""
     assert hopper_tile(1100 * 4 / 128, 128) == HopperTile(32, 32, 4, halves=2)
     assert hopper_tile(1100 * 4 / 32, 32) == HopperTile(128, 32, 3)
-    assert hopper_tile(40, 32) == HopperTile(32, 32, 4)
-    assert hopper_tile(40, 128).halves == 2 and hopper_tile(40).halves == 1
+    assert hopper_tile(40, 32) == hopper_tile(40, 128) == hopper_tile(40) == HopperTile(32, 32, 4, halves=2)
     assert hopper_tile(4, 128) == hopper_tile(16, 128) == hopper_tile(63.9, 128) == HopperTile(32, 32, 4, halves=2)
-    assert hopper_tile(20, 32) == HopperTile(16, 16, 4)
+    assert hopper_tile(16, 32) == hopper_tile(20, 32) == hopper_tile(63.9, 32) == HopperTile(32, 32, 4, halves=2)
+    assert hopper_tile(15.9, 32) == HopperTile(16, 0, 4) and hopper_tile(4, 32) == HopperTile(16, 0, 4)
+    assert hopper_tile(64, 32) == HopperTile(64, 32, 3, maxnreg=128)
     assert all(hopper_tile(m, 128).halves == 1 for m in (0.03, 1, 3.9, 64, 100, 200, 600))
     assert hopper_tile(80, 128) == hopper_tile(80, 32) == HopperTile(64, 32, 3, maxnreg=128)

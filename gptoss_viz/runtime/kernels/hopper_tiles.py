@@ -36,11 +36,15 @@ def hopper_tile(rows_per_expert: float, n_experts: int = 32) -> HopperTile:
     (16-row tiles) / 1.035 / 1.217 (32+32) with 64 features (results/moe_hopper_h200_halves*.json; Nsight Compute:
     the 64-feature 32-row kernel issued an instruction on 79% of a scheduler's cycles, and a step's copies, barriers
     and waits shared by twice the weights leave fewer to issue). On 20b's 32 experts (shorter grids) it was no
-    faster (0.305 against 0.292 ms at 256 tokens), nor at BT 64 or 128 (results/moe_hopper_h200_halves_sweep*.json);
-    below 4 rows an expert it was not measured.
+    faster with the decode of then (0.305 against 0.292 ms at 256 tokens), nor at BT 64 or 128
+    (results/moe_hopper_h200_halves_sweep*.json); with the twelfth session's cheaper decode it is, for a mean of
+    16-63 rows (128-511 tokens for 20b): gate_up + down at 128 / 192 / 256 / 320 / 384 / 448 tokens 0.209 / 0.215
+    / 0.242 / 0.265 / 0.268 / 0.279 ms against 0.222 / 0.264 / 0.255 / 0.269 / 0.272 / 0.290 with 64 features
+    (16+16 tiles up to 255 tokens; two runs each, results/moe_hopper_h200_decode_h2_sweep_20b_*.json), and slower
+    at 512 (0.358 against 0.310, 64+32). Below 16 rows it was not measured on 32 experts, below 4 on 128.
     """
     m = rows_per_expert
-    if n_experts >= 64 and 4 <= m < 64:
+    if (n_experts >= 64 and 4 <= m < 64) or 16 <= m < 64:
         return HopperTile(32, 32, 4, halves=2)
     bt = 16
     while bt < 128 and 2 * bt <= m:

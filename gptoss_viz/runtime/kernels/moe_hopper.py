@@ -18,7 +18,7 @@ scales of 64 rows are 128 consecutive bytes) come in the same stage.
 
 A program takes one tile of the schedule, at most BT + BX rows of one expert, times BO = 64 output features (or
 2 BO with `HopperTile.halves` = 2: two m64 wgmmas a step on the same activation tiles, so that one step's copies,
-barriers and waits serve twice the weights; what 120b's 128 experts of few rows each take): the BT
+barriers and waits serve twice the weights; what few rows an expert take, hopper_tiles.hopper_tile): the BT
 rows in one wgmma of width BT, the BX overflow rows (if any) in a second, narrow one, so that an expert slightly over
 BT rows (routing scatters the rows per expert around their mean) does not take a second tile that decodes its
 weights again; a tile of at most BT/4 or BT/2 rows (an expert's last, or a rarely chosen expert's) runs a wgmma
