@@ -8,44 +8,30 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
-from gpu_gptoss import gpu_ms  # noqa: E402
-from probe_setup import moe_ms, probe_setup  # noqa: E402
+from probe_setup import alternate, probe_setup, size_arg  # noqa: E402
 
 
 def main() -> None:
-    size = "20b"
-    if "--size" in sys.argv:
-        i = sys.argv.index("--size")
-        size = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
+    size = size_arg("20b")
     out, cfg, model, R, prompts = probe_setup([512, 1024, 2048], size=size)
     experts = [b.mlp.experts for b in model.blocks]
     R["size"] = size
     R["scales_allow_one_multiply"] = [ex.one_multiply for ex in experts]
     assert all(R["scales_allow_one_multiply"]), "a layer holds a scale above 128"
     variants = {"one multiply": True, "two multiplies": False}
-    for T, ids in prompts:
-        row = {"T": T}
-        logits = {}
-        with torch.inference_mode():
-            for _ in range(3):
-                for name, om in variants.items():
-                    for ex in experts:
-                        ex.one_multiply = om
-                    row.setdefault(name, {"moe_ms": [], "forward_ms": []})
-                    row[name]["moe_ms"].append(moe_ms(model, ids))
-                    row[name]["forward_ms"].append(gpu_ms(lambda: model(ids), warmup=1))
-                    logits[name] = model(ids)
+
+    def use(om: bool):
         for ex in experts:
-            ex.one_multiply = True
-        row["logits_equal"] = torch.equal(*logits.values())
+            ex.one_multiply = om
+
+    for T, ids in prompts:
+        row = alternate(model, ids, {name: (lambda om=om: use(om)) for name, om in variants.items()}, {"T": T})
+        use(True)
         print(json.dumps(row), flush=True)
         R["lengths"].append(row)
     out.write_text(json.dumps(R, indent=1))

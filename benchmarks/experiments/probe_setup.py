@@ -1,6 +1,7 @@
 """What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model (or `size`'s)
 built in GPU memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for
-each length (seed 0, drawn in order); and the MoE kernels' GPU time inside a forward."""
+each length (seed 0, drawn in order); the MoE kernels' GPU time inside a forward; and variants of the model
+timed in turn (`alternate`)."""
 
 import sys
 from pathlib import Path
@@ -10,8 +11,19 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
+
+
+def size_arg(default: str) -> str:
+    """`--size SIZE` taken out of sys.argv (before probe_setup reads the lengths from it), else `default`."""
+    if "--size" not in sys.argv:
+        return default
+    i = sys.argv.index("--size")
+    size = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+    return size
 
 
 def probe_setup(default_lengths: list[int], size: str = "20b"):
@@ -37,3 +49,23 @@ def moe_ms(model, ids) -> float:
         torch.cuda.synchronize()
     return sum(ev.device_time for ev in prof.events() if ev.device_type.name == "CUDA"
                and "moe_hopper" in ev.name) / 3 / 1e3
+
+
+def alternate(model, ids, variants: dict, row: dict, rounds: int = 3) -> dict:
+    """Each variant (name -> a function that puts it in place) in turn, `rounds` times: the MoE kernels' GPU ms
+    (moe_ms) and the forward's (CUDA events, median of 5) appended to row[name]; row["logits_equal"]: whether
+    every variant gave the same logits, bit for bit."""
+    from gpu_gptoss import gpu_ms
+
+    logits = {}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, apply in variants.items():
+                apply()
+                row.setdefault(name, {"moe_ms": [], "forward_ms": []})
+                row[name]["moe_ms"].append(moe_ms(model, ids))
+                row[name]["forward_ms"].append(gpu_ms(lambda: model(ids), warmup=1))
+                logits[name] = model(ids)
+    first = next(iter(logits.values()))
+    row["logits_equal"] = all(torch.equal(first, v) for v in logits.values())
+    return row
