@@ -1,6 +1,6 @@
 """Host time of each launch of one 20b layer at 1024 tokens (perf_counter over 50 calls, GPU queue not full),
 for the launch-cost work of issue 6. Development probe. `--launch`: one Triton launch through the JIT against
-the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session)."""
+the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session), with `--profile` a cProfile of its gate_up launch."""
 
 import dataclasses
 import sys
@@ -167,6 +167,18 @@ def moe_probe() -> None:
     with torch.inference_mode():
         for name, fn in rows.items():
             print(f"{name:36s} {host_us(fn):8.1f} us", flush=True)
+        if "--profile" in sys.argv:  # where one Gluon launch's host time goes
+            import cProfile
+            import pstats
+
+            pr = cProfile.Profile()
+            pr.enable()
+            for _ in range(200):
+                launch()
+            pr.disable()
+            torch.cuda.synchronize()
+            print("# cProfile of 200 gate_up launches (descriptors built), by internal time")
+            pstats.Stats(pr).strip_dirs().sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":
