@@ -1,6 +1,7 @@
 """Host time of each launch of one 20b layer at 1024 tokens (perf_counter over 50 calls, GPU queue not full),
 for the launch-cost work of issue 6. Development probe. `--launch`: one Triton launch through the JIT against
-the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session), with `--profile` a cProfile of its gate_up launch."""
+the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session), with `--profile` a
+cProfile of its gate_up launch."""
 
 import dataclasses
 import sys
@@ -115,7 +116,7 @@ def moe_probe() -> None:
 
     from gptoss_viz.runtime.gptoss import route
     from gptoss_viz.runtime.kernels import moe_hopper as mh
-    from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+    from gptoss_viz.runtime.kernels.fused import moe_schedule_fused, route_fused
     from gptoss_viz.runtime.kernels.moe import sum_slots
 
     cfg = gptoss_config("20b")
@@ -149,8 +150,7 @@ def moe_probe() -> None:
     rows = {
         "moe module": lambda: m(x),
         "router linear": lambda: m.router(x),
-        "route_fused": lambda: __import__("gptoss_viz.runtime.kernels.fused", fromlist=["route_fused"]).route_fused(
-            m.router(x), k),
+        "route_fused": lambda: route_fused(m.router(x), k),
         "moe_mxfp4_hopper": lambda: mh.moe_mxfp4_hopper(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
                                                         ex.gate_up_proj_bias, ex.down_proj_blocks,
                                                         ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,

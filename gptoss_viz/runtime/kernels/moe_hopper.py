@@ -28,7 +28,8 @@ first): they share the activations in L2.
 
 Arithmetic: moe.py's (_decode_asm's bit trick, with its two multiplies, or with one where every scale of the layer
 allows it: `one_multiply`; fp32 accumulation over the same K steps; the same epilogues), and on an H200 the outputs
-were bit-identical to moe.py's kernels at every size measured (benchmarks/moe_hopper.py). Scope: bf16 activations, K and the expert width multiples of 64 (`supported`).
+were bit-identical to moe.py's kernels at every size measured (benchmarks/moe_hopper.py). Scope: bf16
+activations, K and the expert width multiples of 64 (`supported`).
 """
 
 from __future__ import annotations
