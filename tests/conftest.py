@@ -88,6 +88,17 @@ def gpt2_dir(request, tmp_path_factory, tokenizer_json):
     return make_gpt2_dir(tmp_path_factory.mktemp("gpt2"), tokenizer_json, prefixed=request.param)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _check_kernel_launches():
+    """On a GPU, every kernel launch that skips the Triton JIT (kernels/launch.py) is checked against the kernel
+    the JIT would have run."""
+    if torch.cuda.is_available():
+        from gptoss_viz.runtime.kernels.launch import Launcher
+
+        Launcher.check = True
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need a CUDA device: skipped without one, except that TRITON_INTERPRET=1 runs the
     kernel tests that allow it on the CPU through Triton's interpreter (small shapes; see test_kernels_gpu.py)."""

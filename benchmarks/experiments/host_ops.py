@@ -1,7 +1,8 @@
 """Host time of each launch of one 20b layer at 1024 tokens (perf_counter over 50 calls, GPU queue not full),
 for the launch-cost work of issue 6. Development probe. `--launch`: one Triton launch through the JIT against
-the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session), with `--profile` a
-cProfile of its gate_up launch."""
+the compiled kernel's launcher; `--moe`: the pieces of one Hopper MoE call (twelfth session; thirteenth: through
+the JIT or kernels/launch.py's Launcher, weight descriptors kept or not), with `--profile` a cProfile of its
+gate_up launch."""
 
 import dataclasses
 import sys
@@ -117,6 +118,7 @@ def moe_probe() -> None:
     from gptoss_viz.runtime.gptoss import route
     from gptoss_viz.runtime.kernels import moe_hopper as mh
     from gptoss_viz.runtime.kernels.fused import moe_schedule_fused, route_fused
+    from gptoss_viz.runtime.kernels.launch import Launcher
     from gptoss_viz.runtime.kernels.moe import sum_slots
 
     cfg = gptoss_config("20b")
@@ -146,21 +148,42 @@ def moe_probe() -> None:
             ex.gate_up_proj_bias.stride(0), act.stride(0), 7.0, 1.702, GATE_UP=True, TOP_K=k, BT=bt, BX=bx, BO=64,
             STAGES=stages, NARROW=narrow, HALVES=halves, ONE_MULTIPLY=True, num_warps=4)
 
+    def direct():  # the same launch through kernels/launch.py's Launcher
+        mh._moe_hopper_launch[(triton.cdiv(two_i, 64), s.n_tiles)](
+            *descs, s.order, s.order, ex.gate_up_proj_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
+            ex.gate_up_proj_bias.stride(0), act.stride(0), 7.0, 1.702, GATE_UP=True, TOP_K=k, BT=bt, BX=bx, BO=64,
+            STAGES=stages, NARROW=narrow, HALVES=halves, ONE_MULTIPLY=True, num_warps=4)
+
+    def hopper(descriptors=None):
+        return mh.moe_mxfp4_hopper(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                                   ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
+                                   one_multiply=True, descriptors=descriptors)
+
+    def through_jit(fn):
+        def run():
+            Launcher.enabled = False
+            try:
+                return fn()
+            finally:
+                Launcher.enabled = True
+        return run
+
+    kept = {}
     y = torch.empty(T * k, d, device="cuda", dtype=torch.float32)
     rows = {
         "moe module": lambda: m(x),
         "router linear": lambda: m.router(x),
         "route_fused": lambda: route_fused(m.router(x), k),
-        "moe_mxfp4_hopper": lambda: mh.moe_mxfp4_hopper(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales,
-                                                        ex.gate_up_proj_bias, ex.down_proj_blocks,
-                                                        ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                                                        one_multiply=True),
+        "moe_mxfp4_hopper, JIT launches": through_jit(hopper),
+        "moe_mxfp4_hopper": hopper,
+        "moe_mxfp4_hopper, descriptors kept": lambda: hopper(kept),
         "hopper_tile": lambda: mh.hopper_tile(T * k / E, E),
         "moe_schedule_fused": lambda: moe_schedule_fused(idx, E, bt + bx),
         "index_select": lambda: x.index_select(0, s.token),
         "torch.empty act": lambda: torch.empty(T * k, I, device="cuda", dtype=torch.bfloat16),
         "TensorDescriptor.from_tensor": lambda: TensorDescriptor.from_tensor(xs, [bt, 64], lay),
         "gate_up launch (descriptors built)": launch,
+        "the same through the Launcher": direct,
         "weight.reshape(-1).contiguous()": lambda: w.reshape(-1).contiguous(),
         "sum_slots": lambda: sum_slots(y, T, torch.bfloat16, None),
     }

@@ -239,6 +239,7 @@ class Experts(nn.Module):
         self.packed = packed
         self.blocks_order = "checkpoint"
         self.one_multiply = False  # see note_scales
+        self.descriptors = {}  # the Hopper kernels' TMA descriptors of the packed weights (moe_mxfp4_hopper)
         self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
         if packed:
             self.register_buffer("gate_up_proj_blocks", torch.zeros(E, 2 * I, d // 32, 16, dtype=torch.uint8))
@@ -292,6 +293,10 @@ class Experts(nn.Module):
             _to_hopper_in_place(getattr(self, name))
         self.blocks_order = "hopper"
         self.note_scales()
+
+    def _apply(self, fn, recurse=True):
+        self.descriptors.clear()  # .to() / .cuda() / ... move the weights: the descriptors would hold the old ones
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def note_scales(self) -> None:
@@ -373,7 +378,7 @@ class MoE(nn.Module):
             from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
 
             ex.use_hopper_order()  # once: the Hopper kernels read the blocks in their own order
-            return functools.partial(moe_mxfp4_hopper, one_multiply=ex.one_multiply)
+            return functools.partial(moe_mxfp4_hopper, one_multiply=ex.one_multiply, descriptors=ex.descriptors)
         if ex.blocks_order == "hopper":  # (e.g. fp16 activations after bf16 ones): the reference undoes the order
             return None
         from gptoss_viz.runtime.kernels.moe import moe_mxfp4

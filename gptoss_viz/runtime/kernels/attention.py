@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from gptoss_viz.runtime.kernels.launch import Launcher
+
 
 @triton.jit
 def _key_scores(q, k_ptr, rn, rd, T, qk_scale, skt, MASKED: tl.constexpr):
@@ -102,6 +104,9 @@ def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
         tl.store(sp_ptr + b * spb + h * sph + rm, tl.exp2(sink - m_i) / l_i, mask=mask_m)
 
 
+_attn_sinks_launch = Launcher(_attn_sinks_kernel)
+
+
 def _check_heads(H: int, K: int, D: int) -> None:
     if H % K:
         raise ValueError(f"{H} query heads do not divide into {K} key/value heads")
@@ -133,7 +138,7 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if block_m % block_n:
         raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
     grid = (triton.cdiv(T, block_m), H, B)
-    _attn_sinks_kernel[grid](
+    _attn_sinks_launch[grid](
         q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
         q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
         v3.stride(0), v3.stride(1), v3.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -225,6 +230,9 @@ def _pattern_stats_kernel(q_ptr, k_ptr, sinks_ptr, edges_ptr, out_ptr,
     tl.store(out_ptr + pid_m * so_m + h * so_h + rb, dist, mask=rb <= NB)
 
 
+_pattern_stats_launch = Launcher(_pattern_stats_kernel)
+
+
 def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, window: int | None,
                         edges, scale: float | None = None, block_m: int = 64, block_n: int = 32,
                         num_warps: int = 4, num_stages: int = 2):
@@ -248,7 +256,7 @@ def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, w
     win = int(window) if windowed else T + block_m
     if block_m % block_n:
         raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
-    _pattern_stats_kernel[(n_blocks, H)](
+    _pattern_stats_launch[(n_blocks, H)](
         q, k, sinks, e, out, T, win, float(scale) * math.log2(math.e),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
         GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=triton.next_power_of_2(NB + 1), WINDOWED=windowed,

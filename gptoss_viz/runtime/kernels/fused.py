@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
+from gptoss_viz.runtime.kernels.launch import Launcher
 from gptoss_viz.runtime.kernels.schedule import MoeSchedule, max_tiles
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (no libdevice), set at start
@@ -64,6 +65,9 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, N, eps, stride_x, st
     tl.store(out_ptr + row * stride_o + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_rms_norm_launch = Launcher(_rms_norm_kernel)
+
+
 def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """rms_norm(x, weight, eps), or with `residual`: s = x + residual, returns (rms_norm(s, ...), s)."""
     shape = x.shape
@@ -77,7 +81,7 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: 
         s = torch.empty_like(out)
     else:
         r2 = s = x2
-    _rms_norm_kernel[(x2.shape[0],)](x2, r2, weight, out, s, N, float(eps), x2.stride(0), r2.stride(0),
+    _rms_norm_launch[(x2.shape[0],)](x2, r2, weight, out, s, N, float(eps), x2.stride(0), r2.stride(0),
                                      out.stride(0), s.stride(0), HAS_RES=residual is not None,
                                      BLOCK=triton.next_power_of_2(N), num_warps=8)
     if residual is None:
@@ -117,6 +121,9 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out, k_out, q_heads, k_heads,
         _rope_rows(k_ptr, cos_ptr, sin_ptr, k_out, t, k_heads, stride_kt, stride_kh, stride_c, HALF, BH)
 
 
+_rope_launch = Launcher(_rope_kernel)
+
+
 def rope_fused(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                k: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """apply_rope(q, cos, sin) for q [T, heads, D] (half precision; D/2 a power of two): a new contiguous tensor.
@@ -134,7 +141,7 @@ def rope_fused(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         k_src = k if k.stride(-1) == 1 else k.contiguous()
         k_heads = k.shape[1]
         k_out, n = torch.empty(T, k_heads, D, device=q.device, dtype=q.dtype), 2
-    _rope_kernel[(T, n)](q, k_src, cos, sin, q_out, k_out, q_heads, k_heads, q.stride(0), q.stride(1),
+    _rope_launch[(T, n)](q, k_src, cos, sin, q_out, k_out, q_heads, k_heads, q.stride(0), q.stride(1),
                          k_src.stride(0), k_src.stride(1), cos.stride(0),
                          HALF=D // 2, BH=triton.next_power_of_2(max(q_heads, k_heads)), num_warps=4)
     return q_out if k is None else (q_out, k_out)
@@ -190,6 +197,9 @@ def _schedule_kernel(idx_ptr, order_ptr, token_ptr, cursor_ptr, tile_expert_ptr,
         tl.store(tile_end_ptr + t, tl.where(valid, en, 0), mask=m)
 
 
+_schedule_launch = Launcher(_schedule_kernel)
+
+
 def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule:
     """schedule.moe_schedule(idx [N, k], n_experts, block_m) in one launch: the same tile arrays, and an `order`
     and `token` (int32) that group the assignments by expert as the reference's do, though not necessarily in
@@ -202,7 +212,7 @@ def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSc
     buf = torch.empty(3 * n + 2 * A + EP, device=idx.device, dtype=torch.int32)  # tiles, order, token, cursors
     tiles, order, token = buf[:3 * n].view(3, n), buf[3 * n:3 * n + A], buf[3 * n + A:3 * n + 2 * A]
     cursor = buf[3 * n + 2 * A:]
-    _schedule_kernel[(1,)](flat, order, token, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, TOP_K=k,
+    _schedule_launch[(1,)](flat, order, token, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, TOP_K=k,
                            BLOCK_M=block_m, EP=EP, CHUNK=1024, TB=64, num_warps=16)  # 16: more atomics in flight
     return MoeSchedule(order=order, tile_expert=tiles[0], tile_start=tiles[1], tile_end=tiles[2], n_tiles=n,
                        token=token)
@@ -240,6 +250,9 @@ def _route_kernel(x_ptr, idx_ptr, w_ptr, T, E, stride_x, K: tl.constexpr, BT: tl
              mask=rmask[:, None] & (slots[None, :] < K))
 
 
+_route_launch = Launcher(_route_kernel)
+
+
 def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """gptoss.route in one launch: logits [..., E] -> (idx int64, weight in the logits' dtype) [..., k]. Among
     equal logits the lower expert comes first (torch.topk leaves that order open)."""
@@ -252,7 +265,7 @@ def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     idx = torch.empty(T, k, device=x.device, dtype=torch.int64)
     weight = torch.empty(T, k, device=x.device, dtype=x.dtype)
     BT = 32
-    _route_kernel[(triton.cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT,
+    _route_launch[(triton.cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT,
                                          EP=triton.next_power_of_2(E), KP=triton.next_power_of_2(k),
                                          EXPF=not _INTERPRETED, num_warps=4)
     shape = (*logits.shape[:-1], k)
@@ -282,6 +295,9 @@ def _top_lse_kernel(x_ptr, val_ptr, idx_ptr, max_ptr, sum_ptr, V, stride_x, n_ch
         x = tl.where(offs == i, float("-inf"), x)
 
 
+_top_lse_launch = Launcher(_top_lse_kernel)
+
+
 def top_predictions_fused(logits: torch.Tensor, k: int, chunk: int = 4096):
     """trace.top_predictions on the GPU: (probabilities, ids) [T, k] of each row's k largest logits, the
     probabilities exp(logit - logsumexp(row)) in fp32. Each chunk of `chunk` columns gives its k largest values and
@@ -297,7 +313,7 @@ def top_predictions_fused(logits: torch.Tensor, k: int, chunk: int = 4096):
     cols = torch.empty(T, n * k, device=x.device, dtype=torch.int64)
     mx = torch.empty(T, n, device=x.device, dtype=torch.float32)
     sm = torch.empty(T, n, device=x.device, dtype=torch.float32)
-    _top_lse_kernel[(T, n)](x, vals, cols, mx, sm, V, x.stride(0), n, K=k, CHUNK=chunk, num_warps=8)
+    _top_lse_launch[(T, n)](x, vals, cols, mx, sm, V, x.stride(0), n, K=k, CHUNK=chunk, num_warps=8)
     top, pos = vals.topk(k, dim=-1)
     ids = cols.gather(-1, pos)
     m = mx.max(-1, keepdim=True).values

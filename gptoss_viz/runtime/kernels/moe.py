@@ -49,6 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gptoss_viz.runtime.kernels.launch import Launcher
 from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused
 
 
@@ -266,6 +267,9 @@ def _gate_up_swiglu_kernel(x_ptr, order_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr
         _swiglu_store(acc2, rm2, m2, bias, rn, mask_n, out_ptr, stride_om, N, pid_n, limit, alpha, BM, BN)
 
 
+_gate_up_swiglu_launch = Launcher(_gate_up_swiglu_kernel)
+
+
 @triton.jit
 def _weighted_store(acc, rm, mask_m, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym):
     """+ bias, times each row's routing weight, stored in fp32 to the row's assignment t * k + j of y."""
@@ -307,6 +311,9 @@ def _down_kernel(a_ptr, order_ptr, route_w_ptr, blk_ptr, scl_ptr, bias_ptr, y_pt
         _weighted_store(acc2, rm2, m2, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym)
 
 
+_down_launch = Launcher(_down_kernel)
+
+
 @triton.jit
 def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, d, TOP_K: tl.constexpr, BD: tl.constexpr,
                       HAS_RES: tl.constexpr):
@@ -325,6 +332,9 @@ def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, d, TOP_K: tl.constexpr, 
         tl.store(sum_ptr + t * d + cols, (r + _round_to(acc, DT)).to(DT), mask=m)
 
 
+_sum_slots_launch = Launcher(_sum_slots_kernel)
+
+
 def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None):
     """Step 3 of both MoE paths: y [N * k, d] fp32 -> out [N, d] in `dtype`, or with `residual` [N, d]
     (out, residual + out) from the same launch (the block's residual add, one kernel fewer)."""
@@ -337,7 +347,7 @@ def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tenso
                              f"{tuple(out.shape)} {dtype}")
         res = residual if residual.is_contiguous() else residual.contiguous()
         total = torch.empty_like(out)
-    _sum_slots_kernel[(N, triton.cdiv(d, 1024))](y, out, res, total, d, TOP_K=A // N, BD=1024,
+    _sum_slots_launch[(N, triton.cdiv(d, 1024))](y, out, res, total, d, TOP_K=A // N, BD=1024,
                                                 HAS_RES=residual is not None, num_warps=4)
     return out if residual is None else (out, total)
 
@@ -448,7 +458,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     order = s1.order  # int32; the down kernel takes it with its own tiles (the groups' row ranges are the same)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     bn1, bk1 = _fit(t1.bn, t1.bk, two_i, d)
-    _gate_up_swiglu_kernel[(s1.n_tiles, triton.cdiv(two_i, bn1))](
+    _gate_up_swiglu_launch[(s1.n_tiles, triton.cdiv(two_i, bn1))](
         x, order, gate_up_blocks, gate_up_scales, gate_up_bias, act,
         s1.tile_expert, s1.tile_start, s1.tile_end,
         d, two_i, x.stride(0), gate_up_blocks.stride(0), d // 2, gate_up_scales.stride(0), d // 32,
@@ -461,7 +471,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     bn2, bk2 = _fit(t2.bn, t2.bk, d, I)
     route_w = weight.reshape(-1).contiguous()
-    _down_kernel[(s2.n_tiles, triton.cdiv(d, bn2))](
+    _down_launch[(s2.n_tiles, triton.cdiv(d, bn2))](
         act, order, route_w, down_blocks, down_scales, down_bias, y,
         s2.tile_expert, s2.tile_start, s2.tile_end,
         I, d, act.stride(0), down_blocks.stride(0), I // 2, down_scales.stride(0), I // 32,

@@ -46,6 +46,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
 from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile  # noqa: F401 (HopperTile: the API)
+from gptoss_viz.runtime.kernels.launch import Launcher
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
@@ -365,6 +366,9 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
             mbarrier.invalidate(ready.index(i))
 
 
+_moe_hopper_launch = Launcher(_moe_hopper_kernel)
+
+
 # the shared-memory layouts of a step's weight words, [BO rows, 8 int32], and their scales, [1, 2 BO] bytes:
 # row-major (TMA without swizzling)
 _WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
@@ -382,6 +386,22 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+def _weight_descriptor(cache: dict | None, t: torch.Tensor, shape: tuple[int, int], block: list[int], layout):
+    """A TMA descriptor of the packed weights `t` read as `shape` (the blocks as int32 words, d / 8 or I / 8 a
+    row; the scales as bytes), from `cache` while its entry for this shape and box describes t's memory. One entry
+    a weight and box (the four weights' shapes always differ): a weight that moves replaces its entry."""
+    slot = (shape, tuple(block), layout)
+    ptr = t.data_ptr()
+    hit = None if cache is None else cache.get(slot)
+    if hit is not None and hit[0] == ptr:
+        return hit[1]
+    words = t.view(torch.int32) if layout is _WORDS else t
+    desc = TensorDescriptor.from_tensor(words.view(shape), block, layout)
+    if cache is not None:
+        cache[slot] = (ptr, desc)
+    return desc
+
+
 def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     """Whether these kernels run activations of `dtype` [*, d] on `device` with expert width I: bf16 on an sm_90
     GPU (wgmma; other GPUs take moe.py's kernels), d and I multiples of 64 (one K step)."""
@@ -393,14 +413,17 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None,
-                     residual: torch.Tensor | None = None, one_multiply: bool = False):
+                     residual: torch.Tensor | None = None, one_multiply: bool = False,
+                     descriptors: dict | None = None):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
     overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out) (moe.sum_slots).
     `one_multiply`: decode with one bf16 multiply a register instead of two, which is exact only if no scale is
     above 128 (weights of magnitude < 12: any trained checkpoint); the caller vouches for that
-    (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there."""
+    (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there.
+    `descriptors`: a dict the caller keeps with the weights (gptoss.Experts) in which the weights' TMA descriptors
+    are built once and reused while the weights stay where they are (~5 us of host time each, four a call)."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -425,10 +448,10 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     xs = x.index_select(0, s.token)
     lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    _moe_hopper_kernel[(triton.cdiv(two_i, bop), s.n_tiles)](
+    _moe_hopper_launch[(triton.cdiv(two_i, bop), s.n_tiles)](
         TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
-        TensorDescriptor.from_tensor(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [bop, 8], _WORDS),
-        TensorDescriptor.from_tensor(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
+        _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [bop, 8], _WORDS),
+        _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
         GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
@@ -436,10 +459,10 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
-    _moe_hopper_kernel[(triton.cdiv(d, bop), s.n_tiles)](
+    _moe_hopper_launch[(triton.cdiv(d, bop), s.n_tiles)](
         TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
-        TensorDescriptor.from_tensor(down_blocks.view(torch.int32).view(E * d, I // 8), [bop, 8], _WORDS),
-        TensorDescriptor.from_tensor(down_scales.view(E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
+        _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [bop, 8], _WORDS),
+        _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
         GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
