@@ -273,8 +273,8 @@ def layer_microbench(model, cfg, R_model: dict, T: int = 1024) -> None:
         w = w.softmax(-1)
         kernel = mlp._kernel(x)  # the one the model runs (moe_hopper's on an H100/H200, blocks re-arranged once)
         fn = getattr(kernel, "func", kernel)  # (moe_hopper's comes with its decode bound: a functools.partial)
-        out["moe_kernel"] = f"{fn.__module__}.{fn.__name__}" + "".join(
-            f", {k}={v}" for k, v in getattr(kernel, "keywords", {}).items())
+        out["moe_kernel"] = f"{fn.__module__}.{fn.__name__}" + "".join(  # (not the descriptors it keeps)
+            f", {k}={v}" for k, v in getattr(kernel, "keywords", {}).items() if k != "descriptors")
         ex = mlp.experts
         fast = lambda: kernel(x, idx, w, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,  # noqa
                               ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)

@@ -15,6 +15,15 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+@pytest.fixture(autouse=True)
+def verified_triton():
+    from gptoss_viz.runtime.kernels import launch
+
+    if not launch.DIRECT:
+        pytest.skip(f"Triton {launch.triton.__version__}: launches go through the JIT (VERIFIED_TRITON: "
+                    f"{launch.VERIFIED_TRITON})")
+
+
 def rms_args(x, w, out, n):
     """_rms_norm_kernel's arguments for rows of x [*, >= n] (its first n columns), no residual."""
     return (x, x, w, out, x, n, 1e-5, x.stride(0), x.stride(0), out.stride(0), x.stride(0))

@@ -1,6 +1,7 @@
 """Where the host's time goes when it launches a forward: cProfile over forwards of a few 20b-shaped layers on the
 GPU (the per-layer host cost does not depend on the number of layers), plus the plain host time per layer without
-the profiler. Development probe (issue 6): `python host_profile.py OUT.txt [T] [layers]`."""
+the profiler. Development probe (issue 6): `python host_profile.py OUT.txt [T] [layers] [--trace]`; with --trace,
+run_trace (whose time includes waiting for the GPU and the copies to the host)."""
 
 import cProfile
 import dataclasses
@@ -20,6 +21,9 @@ from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_mo
 
 
 def main() -> None:
+    trace = "--trace" in sys.argv  # profile run_trace (the app's full trace) instead of the plain forward
+    if trace:
+        sys.argv.remove("--trace")
     out = Path(sys.argv[1])
     T = int(sys.argv[2]) if len(sys.argv) > 2 else 128
     layers = int(sys.argv[3]) if len(sys.argv) > 3 else 4
@@ -28,16 +32,26 @@ def main() -> None:
     model = random_packed_model(cfg, "cuda")
     model.prepare_kernels()
     ids = torch.randint(0, 8192, (T,), device="cuda")
-    lines = [f"# {torch.cuda.get_device_name()}, {layers} layers of 20b shape, {T} tokens"]
+    lines = [f"# {torch.cuda.get_device_name()}, {layers} layers of 20b shape, {T} tokens"
+             + (", run_trace (the full trace, its copies to the host included)" if trace else "")]
+    run = lambda: model(ids)  # noqa: E731
+    if trace:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from gpu_gptoss import IdsOnly
+
+        from gptoss_viz.trace import run_trace
+
+        model.tokenizer = IdsOnly(ids.tolist())
+        run = lambda: run_trace(model, "x")  # noqa: E731
     with torch.inference_mode():
         for _ in range(3):
-            model(ids)
+            run()
         torch.cuda.synchronize()
         host = []
         for _ in range(20):  # host time of one forward (the GPU queue is not full: short prompts, few layers)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            model(ids)
+            run()
             host.append((time.perf_counter() - t0) * 1e3)
         torch.cuda.synchronize()
         host.sort()
@@ -46,7 +60,7 @@ def main() -> None:
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(10):
-            model(ids)
+            run()
         prof.disable()
         torch.cuda.synchronize()
     s = io.StringIO()

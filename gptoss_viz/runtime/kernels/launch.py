@@ -20,8 +20,11 @@ A miss goes through the JIT (which compiles or finds the kernel, and launches it
 under that key; a hit calls the compiled kernel's launcher on the current stream with the arguments in the
 kernel's parameter order. `Launcher.check = True` (the GPU tests set it) makes every hit also run the JIT's own
 binding and raise if the JIT would have chosen a different compiled kernel, so a key coarser than Triton's
-cannot go unnoticed where the tests reach; `Launcher.enabled = False` sends every launch through the JIT. Anything it does not know how to key (another argument type, a grid
-function, a launch hook installed by a profiler) goes through the JIT as before.
+cannot go unnoticed where the tests reach; `Launcher.enabled = False` sends every launch through the JIT.
+
+Anything it does not know how to key (another argument type, a grid function, a launch hook installed by a
+profiler) goes through the JIT as before, and so does every launch on a Triton other than the version whose rules
+this reproduces (VERIFIED_TRITON).
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ from __future__ import annotations
 import functools
 
 import torch
-from triton import knobs
+import triton
 from triton.runtime.driver import driver
+
+# the Triton versions whose argument specialisation and launcher signature this module reproduces (3.6: the GPU
+# machine's, checked by the GPU tests); any other version launches every kernel through its JIT
+VERIFIED_TRITON = ("3.6.",)
+DIRECT = triton.__version__.startswith(VERIFIED_TRITON)
+if DIRECT:
+    from triton import knobs
 
 try:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as _GluonDescriptor
@@ -90,7 +100,8 @@ class Launcher:
         from triton.runtime.jit import JITFunction
 
         self.fn = fn
-        self.direct = isinstance(fn, JITFunction)  # not under TRITON_INTERPRET (an InterpretedFunction)
+        # not under TRITON_INTERPRET (an InterpretedFunction), nor on an unverified Triton
+        self.direct = DIRECT and isinstance(fn, JITFunction)
         self._cache = {}  # our key -> (compiled kernel, the parameters after the positional ones, JIT key)
         self._unkeyed = set()  # keys whose launches always go through the JIT (see _launch)
 
