@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from gptoss_viz import prefer_expandable_segments
+
+    prefer_expandable_segments()  # before torch touches CUDA
     from gptoss_viz.ui.launch import launch
 
     launch(args)

@@ -8,7 +8,8 @@ before anything is loaded: every allocation past the cap raises OutOfMemoryError
 Then, from a random checkpoint in the Hub's exact format on disk (make_random_gptoss.py): load_model, and per
 prompt length the un-instrumented forward and the app's full trace (gptoss_viz.trace.run_trace), each recorded as
 ok (with time and allocator peaks) or as the error it raised. A control allocation of 1.05x the cap checks that
-the cap is enforced.
+the cap is enforced. The allocator's settings are the app's (expandable segments, unless PYTORCH_CUDA_ALLOC_CONF
+says otherwise; recorded as alloc_conf).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gptoss_viz import prefer_expandable_segments  # noqa: E402
+
+prefer_expandable_segments()  # as the app runs (before torch touches CUDA)
+import torch  # noqa: E402
 
 from gpu_gptoss import IdsOnly, phase_gen20b  # noqa: E402
 
@@ -58,7 +63,8 @@ def main() -> None:
     ckpt = Path(args.ckpt)
     total = torch.cuda.get_device_properties(0).total_memory
     R = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-         "cap_gib": args.cap_gib, "device_total_gib": total / GIB}
+         "cap_gib": args.cap_gib, "device_total_gib": total / GIB,
+         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}  # the allocator's settings (the app's default)
     if not (ckpt / "config.json").exists():
         phase_gen20b(R, ckpt)  # in its own process, before the cap
     torch.cuda.set_per_process_memory_fraction(args.cap_gib * GIB / total)

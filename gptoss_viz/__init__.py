@@ -13,4 +13,14 @@ def load_model(source, device=None, dtype=None, **kwargs):
     return _load(source, device=device, dtype=dtype, **kwargs)
 
 
-__all__ = ["load_model", "GptOssVizError", "InputError", "ModelLoadError"]
+def prefer_expandable_segments() -> None:
+    """For the app and the command line, before anything touches CUDA: let PyTorch's allocator grow its segments
+    (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) unless the user configured it. gpt-oss-20b's weights leave
+    ~2 GiB of a 16 GB card; with fixed segments the 4096-token full trace failed there for want of one contiguous
+    1.5 GiB block while 1.9 GiB sat reserved but free (benchmarks/gpu_memory_cap.py, emulated card)."""
+    import os
+
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
+__all__ = ["load_model", "prefer_expandable_segments", "GptOssVizError", "InputError", "ModelLoadError"]

@@ -9,6 +9,9 @@ def main(argv=None) -> int:
         print("usage: python -m gptoss_viz census PROMPTS --model ID [--gpt2 ID] --out FILE.json|.csv",
               file=sys.stderr)
         return 2
+    from gptoss_viz import prefer_expandable_segments
+
+    prefer_expandable_segments()  # before torch touches CUDA
     from gptoss_viz.census import main as census_main
 
     return census_main(argv[1:])
