@@ -112,7 +112,7 @@ class Launcher:
         """The key under which the JIT caches the compiled kernel for these arguments."""
         from triton.runtime.jit import compute_cache_key
 
-        kernel_cache, key_cache, _, _, binder = self.fn.device_caches[device]
+        _, key_cache, _, _, binder = self.fn.device_caches[device]
         kw = dict(kwargs, debug=kwargs.get("debug", self.fn.debug) or knobs.runtime.debug,
                   instrumentation_mode=knobs.compilation.instrumentation_mode)
         bound, specialization, options = binder(*args, **kw)
