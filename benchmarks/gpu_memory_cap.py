@@ -26,14 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gptoss_viz import prefer_expandable_segments  # noqa: E402
+from gptoss_viz import load_model, prefer_expandable_segments  # noqa: E402
 
 prefer_expandable_segments()  # as the app runs (before torch touches CUDA)
 import torch  # noqa: E402
 
 from gpu_gptoss import IdsOnly, phase_gen20b  # noqa: E402
-
-from gptoss_viz import load_model  # noqa: E402
 
 GIB = 2 ** 30
 

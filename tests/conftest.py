@@ -92,7 +92,9 @@ def gpt2_dir(request, tmp_path_factory, tokenizer_json):
 def _check_kernel_launches():
     """On a GPU, every kernel launch that skips the Triton JIT (kernels/launch.py) is checked against the kernel
     the JIT would have run."""
-    if torch.cuda.is_available():
+    from gptoss_viz.runtime.kernels import available
+
+    if torch.cuda.is_available() and available(torch.device("cuda")):  # (a CUDA machine may lack Triton)
         from gptoss_viz.runtime.kernels.launch import Launcher
 
         Launcher.check = True
