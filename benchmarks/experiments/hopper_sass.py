@@ -3,10 +3,11 @@ its K loops: instructions a loop iteration (two K steps) by opcode, with the CTA
 wgmmas counted. Triton's JIT needs an active driver to pick the target, so a stand-in one names sm_90; the
 arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors over them; nothing is launched).
 
-    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [ws] [--dump FILE.sass]
+    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [u] [ws] [--dump FILE.sass]
 
 (`h2`: 128 output features a program, HopperTile.halves = 2 (eleventh session); `ws`: the warp-specialised
-variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session.)
+variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session;
+`u`: the K loop unrolled 2 * STAGES steps, HopperTile.unroll, fourteenth session.)
 
 Tenth session (issue 6): a K step of the 128+32 tile is ~270 instructions a warp with 5 CTA barriers
 (RESULTS.md). The counts depend on the Triton version (the GPU machine's is 3.6).
@@ -48,7 +49,7 @@ class _Sm90:
 
 
 def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg: int = 0, tokens: int = 1024,
-                   ws: bool = False, halves: int = 1, one_multiply: bool = False):
+                   ws: bool = False, halves: int = 1, one_multiply: bool = False, unroll: bool = False):
     driver.set_active(_Sm90())
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -73,6 +74,8 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         extra["HALVES"] = halves
     if "ONE_MULTIPLY" in mh._moe_hopper_kernel.arg_names:
         extra["ONE_MULTIPLY"] = one_multiply
+    if "UNROLL" in mh._moe_hopper_kernel.arg_names:
+        extra["UNROLL"] = unroll
     bop = mh.BO * halves
     return mh._moe_hopper_kernel.warmup(
         TensorDescriptor.from_tensor(rows, [bt, 64], mh._rows_layout(bt)),
@@ -95,7 +98,7 @@ def sass_of(kernel) -> tuple[str, str]:
 
 
 def k_loops(sass: str) -> list[dict]:
-    """Every innermost loop (a backward branch) of fewer than 1000 instructions that issues a wgmma: the K loops."""
+    """Every innermost loop (a backward branch) of fewer than 2400 instructions that issues a wgmma: the K loops."""
     instr = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for a, t in instr:
@@ -106,7 +109,7 @@ def k_loops(sass: str) -> list[dict]:
                                       for b, x in instr if lo <= b <= a)
             n = sum(ops.values())
             # (a range reaching the mbarrier-wait stubs at the code's end, many SYNCS, is no K loop)
-            if n < 1000 and ops.get("HGMMA") and ops.get("SYNCS", 0) <= 8:
+            if n < 2400 and ops.get("HGMMA") and ops.get("SYNCS", 0) <= ops["HGMMA"]:
                 loops.append({"at": hex(lo), "end": a, "instructions": n, "wgmma": ops["HGMMA"], "bar": ops.get("BAR", 0),
                               "mbarrier": ops.get("SYNCS", 0), "membar": ops.get("MEMBAR", 0),
                               "top": dict(ops.most_common(10))})
@@ -123,7 +126,7 @@ def main() -> None:
     bt, bx, stages = (int(a) for a in args[:3])
     maxnreg = next((int(a[1:]) for a in args[3:] if a.startswith("r")), 0)
     kernel = compile_kernel(bt, bx, stages, gate_up="down" not in args, maxnreg=maxnreg, ws="ws" in args,
-                            halves=2 if "h2" in args else 1, one_multiply="om" in args)
+                            halves=2 if "h2" in args else 1, one_multiply="om" in args, unroll="u" in args)
     sass, usage = sass_of(kernel)
     print(f"shared {kernel.metadata.shared} B;", re.search(r"REG:\d+.*?LOCAL:\d+", usage).group(0))
     for loop in k_loops(sass):
