@@ -573,14 +573,15 @@ def _kernels_available(device: torch.device) -> bool:
 
 
 def _hopper_moe_ok(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
-    """Whether kernels/moe_hopper.py runs this MoE (bf16 on sm_90, Triton with Gluon's Hopper API)."""
+    """Whether kernels/moe_hopper.py runs this MoE (bf16 on sm_90, Triton with Gluon's Hopper API, and a Triton they
+    were verified on or on which they pass their self-test: kernels/verify.py)."""
     if device.type != "cuda" or not _kernels_available(device):
         return False
     try:
         from gptoss_viz.runtime.kernels import moe_hopper
     except ImportError:  # an older Triton without Gluon: moe.py's kernels
         return False
-    return moe_hopper.supported(device, dtype, d, I)
+    return moe_hopper.supported(device, dtype, d, I) and moe_hopper.trusted(device)
 
 
 def _fused_ok(use_kernels: bool, x: torch.Tensor) -> bool:

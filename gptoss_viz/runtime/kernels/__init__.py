@@ -14,7 +14,8 @@ function as a reference pure function and is tested against it (tests/test_kerne
   sink probability per head and query on request (exp(sink - logsumexp), one value per row).
 
 `available()` says whether Triton can be used at all; the model decides per call (hooks that need the full
-tensors keep the reference path) and records which path ran.
+tensors keep the reference path) and records which path ran. `verify.py` says which Triton versions the kernels
+were verified on, and what the model does on another one (the Hopper MoE kernels must first pass a self-test).
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ import torch
 import triton
 from triton.runtime.driver import driver
 
+from gptoss_viz.runtime.kernels.verify import VERIFIED_TRITON
+
 # the Triton versions whose argument specialisation and launcher signature this module reproduces (3.6: the GPU
-# machine's, checked by the GPU tests); any other version launches every kernel through its JIT
-VERIFIED_TRITON = ("3.6.",)
+# machine's, checked by the GPU tests; verify.py); any other version launches every kernel through its JIT
 DIRECT = triton.__version__.startswith(VERIFIED_TRITON)
 if DIRECT:
     from triton import knobs

@@ -35,6 +35,7 @@ activations, K and the expert width multiples of 64 (`supported`).
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import triton
@@ -44,11 +45,30 @@ from triton.experimental.gluon.language.nvidia import hopper
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from gptoss_viz.runtime.kernels import verify
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
 from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile  # noqa: F401 (HopperTile: the API)
 from gptoss_viz.runtime.kernels.launch import Launcher
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
+log = logging.getLogger(__name__)
+
+# Gluon names that changed after Triton 3.6 (the version these kernels are verified on): the CTA barrier
+# (gl.thread_barrier, gl.barrier from 3.8) and the TMA load into shared memory (tma.async_copy_global_to_shared,
+# tma.async_load from 3.8; 3.9 keeps the old name only to raise). The same builtins on 3.6.
+_cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+_tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+
+if hasattr(gl.shared_memory_descriptor, "reinterpret"):  # Triton 3.9 on; before it, _reinterpret
+    @gluon.jit
+    def _view(smem, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+        """smem's bytes as another dtype, shape and layout."""
+        return smem.reinterpret(dtype, shape, layout)
+else:
+    @gluon.jit
+    def _view(smem, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+        """smem's bytes as another dtype, shape and layout."""
+        return smem._reinterpret(dtype, shape, layout)
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
 
 
@@ -101,13 +121,13 @@ def _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem
     weights: gl.constexpr = w_desc.block_type.nbytes + s_desc.block_type.nbytes
     if EXTRA:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes + weights, pred=live)
-        tma.async_copy_global_to_shared(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
+        _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
                                         pred=live)
     else:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + weights, pred=live)
-    tma.async_copy_global_to_shared(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
-    tma.async_copy_global_to_shared(s_desc, [srow + kstep, scol], ready.index(st), s_smem.index(st), pred=live)
-    tma.async_copy_global_to_shared(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
+    _tma_load(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
+    _tma_load(s_desc, [srow + kstep, scol], ready.index(st), s_smem.index(st), pred=live)
+    _tma_load(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
 
 
 @gluon.jit
@@ -117,7 +137,7 @@ def _smem_words(w_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr)
     [BO, 4, 2] view; a warp's reads cover 8 rows' 256 consecutive bytes."""
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
     rows: gl.constexpr = w_smem.shape[1]
-    return w_smem.index(st)._reinterpret(gl.int32, [rows, 4, 2], PLAIN).slice(h * BO, BO).load(WL)
+    return _view(w_smem.index(st), gl.int32, [rows, 4, 2], PLAIN).slice(h * BO, BO).load(WL)
 
 
 @gluon.jit
@@ -126,7 +146,7 @@ def _smem_scales(s_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr
     against WL."""
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     rows: gl.constexpr = s_smem.shape[2] // 2
-    s = s_smem.index(st)._reinterpret(gl.uint8, [rows, 2], PLAIN).slice(h * BO, BO).load(gl.SliceLayout(1, WL))
+    s = _view(s_smem.index(st), gl.uint8, [rows, 2], PLAIN).slice(h * BO, BO).load(gl.SliceLayout(1, WL))
     return gl.expand_dims(s.to(gl.int32), 1)
 
 
@@ -149,7 +169,7 @@ def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, s
             acc0, acc1 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1])
         else:
             acc0 = hopper.warpgroup_mma_wait(0, deps=[acc0])
-    gl.thread_barrier()
+    _cta_barrier()
     _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
                  k + STAGES - 1, num_k, STAGES, BT, EXTRA)
     st = k % STAGES
@@ -469,3 +489,61 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         ONE_MULTIPLY=bool(one_multiply), num_warps=4,
         **regs)
     return sum_slots(y, N, x.dtype, residual)
+
+
+SELF_TEST_TOLERANCE = 2e-2  # relative (Frobenius) difference from fp32 maths; bf16 rounding gives ~4e-3
+
+
+def self_test(device: torch.device) -> str | None:
+    """moe_mxfp4_hopper on a small random MoE (8 experts, d = I = 512: 8 K steps, so the loop and its stages wrap;
+    300 tokens routed unevenly, so that tiles with overflow rows, narrow ones and several to an expert all occur) at
+    every tile hopper_tile picks, and with both decodes at one, against the same MoE in fp32 from the dequantized
+    weights. None if every result is finite and within SELF_TEST_TOLERANCE, else what went wrong. For Tritons the
+    kernels were not verified on (trusted)."""
+    from gptoss_viz.runtime.gptoss import swiglu_clamped
+    from gptoss_viz.runtime.mxfp4 import mxfp4_dequant, to_hopper_order, to_hopper_scales
+
+    E, d, I, k, N, limit, alpha = 8, 512, 512, 2, 300, 7.0, 1.702
+    g = torch.Generator(device=device).manual_seed(0)
+    u8 = lambda lo, hi, *s: torch.randint(lo, hi, s, generator=g, device=device, dtype=torch.uint8)  # noqa: E731
+    bf = lambda scale, *s: (scale * torch.randn(*s, generator=g, device=device)).to(torch.bfloat16)  # noqa: E731
+    gu_blocks, gu_scales, gu_bias = u8(0, 256, E, 2 * I, d // 32, 16), u8(117, 123, E, 2 * I, d // 32), bf(0.5, E, 2 * I)
+    dn_blocks, dn_scales, dn_bias = u8(0, 256, E, d, I // 32, 16), u8(117, 123, E, d, I // 32), bf(0.1, E, d)
+    x = bf(1.0, N, d)
+    skew = torch.linspace(3.0, -3.0, E, device=device)  # expert 0 gets many rows, expert 7 few
+    idx = (torch.randn(N, E, generator=g, device=device) + skew).topk(k, -1).indices
+    weight = torch.randn(N, k, generator=g, device=device).softmax(-1).to(torch.bfloat16)
+    w1, w2 = mxfp4_dequant(gu_blocks, gu_scales, torch.float32), mxfp4_dequant(dn_blocks, dn_scales, torch.float32)
+    exact = torch.zeros(N, d, device=device)
+    for e in range(E):
+        tok, slot = (idx == e).nonzero(as_tuple=True)
+        h = x[tok].float() @ w1[e].reshape(2 * I, d).T + gu_bias[e].float()
+        y = swiglu_clamped(h, limit, alpha) @ w2[e].reshape(d, I).T + dn_bias[e].float()
+        exact.index_add_(0, tok, y * weight[tok, slot].float()[:, None])
+    packed = (to_hopper_order(gu_blocks), to_hopper_scales(gu_scales), gu_bias,
+              to_hopper_order(dn_blocks), to_hopper_scales(dn_scales), dn_bias)
+    tiles = sorted({hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)})
+    for tile in tiles:
+        for one in ((True, False) if tile == hopper_tile(200, 32) else (True,)):
+            got = moe_mxfp4_hopper(x, idx, weight, *packed, limit, alpha, tile=tile, one_multiply=one).float()
+            err = ((got - exact).norm() / exact.norm()).item()
+            if not (torch.isfinite(got).all() and err <= SELF_TEST_TOLERANCE):
+                return (f"tile {tuple(tile)}{'' if one else ', two multiplies'}: relative difference {err:.3g} from "
+                        f"fp32 (at most {SELF_TEST_TOLERANCE} expected)")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _trusted(device: torch.device) -> bool:
+    ok, why = verify.trusted(triton.__version__, lambda: self_test(device), "the Hopper MoE kernels")
+    if not verify.verified(triton.__version__):
+        log.warning(why)
+    return ok
+
+
+def trusted(device: torch.device) -> bool:
+    """Whether the model may run these kernels on `device`: yes on a Triton the GPU tests ran on; on another, if
+    they pass self_test there (run once per process and device, with a warning either way; verify.py)."""
+    if device.index is None:
+        device = torch.device(device.type, torch.cuda.current_device())
+    return _trusted(device)
