@@ -54,7 +54,7 @@ from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 log = logging.getLogger(__name__)
 
 # Gluon names that changed after Triton 3.6 (the version these kernels are verified on): the CTA barrier
-# (gl.thread_barrier, gl.barrier from 3.8) and the TMA load into shared memory (tma.async_copy_global_to_shared,
+# (gl.thread_barrier, gl.barrier from 3.7) and the TMA load into shared memory (tma.async_copy_global_to_shared,
 # tma.async_load from 3.8; 3.9 keeps the old name only to raise). The same builtins on 3.6.
 _cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
