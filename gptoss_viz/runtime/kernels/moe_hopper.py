@@ -69,6 +69,8 @@ else:
     def _view(smem, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
         """smem's bytes as another dtype, shape and layout."""
         return smem._reinterpret(dtype, shape, layout)
+
+
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
 
 
@@ -121,8 +123,7 @@ def _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem
     weights: gl.constexpr = w_desc.block_type.nbytes + s_desc.block_type.nbytes
     if EXTRA:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes + weights, pred=live)
-        _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st),
-                                        pred=live)
+        _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st), pred=live)
     else:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + weights, pred=live)
     _tma_load(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
@@ -507,7 +508,8 @@ def self_test(device: torch.device) -> str | None:
     g = torch.Generator(device=device).manual_seed(0)
     u8 = lambda lo, hi, *s: torch.randint(lo, hi, s, generator=g, device=device, dtype=torch.uint8)  # noqa: E731
     bf = lambda scale, *s: (scale * torch.randn(*s, generator=g, device=device)).to(torch.bfloat16)  # noqa: E731
-    gu_blocks, gu_scales, gu_bias = u8(0, 256, E, 2 * I, d // 32, 16), u8(117, 123, E, 2 * I, d // 32), bf(0.5, E, 2 * I)
+    gu_blocks, gu_scales = u8(0, 256, E, 2 * I, d // 32, 16), u8(117, 123, E, 2 * I, d // 32)
+    gu_bias = bf(0.5, E, 2 * I)
     dn_blocks, dn_scales, dn_bias = u8(0, 256, E, d, I // 32, 16), u8(117, 123, E, d, I // 32), bf(0.1, E, d)
     x = bf(1.0, N, d)
     skew = torch.linspace(3.0, -3.0, E, device=device)  # expert 0 gets many rows, expert 7 few
