@@ -12,8 +12,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
 from gpu_gptoss import gpu_ms  # noqa: E402
+from probe_setup import capturable, capture  # noqa: E402
 
 from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
 
@@ -25,20 +27,7 @@ def main() -> None:
     model = random_packed_model(cfg, "cuda")
     model.prepare_kernels()
     model.use_kernels = True
-    # rope() copies the CPU frequencies to the GPU each forward (not allowed while capturing): cache its result
-    rope, cached = model.rope, {}
-
-    def cached_rope(T, device, variant=None):
-        key = (T, str(device), variant)
-        if key not in cached:
-            cached[key] = rope(T, device, variant)
-        return cached[key]
-
-    model.rope = cached_rope
-    # check_ids waits for the device (ids range check): checked once here instead, outside the capture
-    from gptoss_viz.runtime import gptoss as gptoss_mod
-
-    gptoss_mod.check_ids = lambda *a, **k: None
+    capturable(model)  # (rope() cached per length, the ids check skipped: neither may run while capturing)
     R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
     g = torch.Generator(device="cuda").manual_seed(0)
     for T in lengths:
@@ -54,16 +43,8 @@ def main() -> None:
                 host.append((time.perf_counter() - t0) * 1e3)
             torch.cuda.synchronize()
             print(T, "eager", round(eager, 2), "host launch ms", [round(h, 2) for h in host], flush=True)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    model(ids)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
-                    logits = model(ids)
+                graph, logits = capture(lambda: model(ids))
             except Exception:
                 traceback.print_exc()
                 return

@@ -20,24 +20,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
 from gpu_gptoss import gpu_ms  # noqa: E402
-from probe_setup import probe_setup  # noqa: E402
+from probe_setup import capturable, capture, probe_setup  # noqa: E402
 
-from gptoss_viz.runtime import gptoss as gptoss_mod  # noqa: E402
 from gptoss_viz.runtime.kernels.launch import Launcher  # noqa: E402
 
 
 def main() -> None:
     out, _, model, R, prompts = probe_setup([1024, 2048])
-    rope, cached = model.rope, {}
-
-    def cached_rope(T, device, variant=None):  # rope() copies CPU frequencies each call: not while capturing
-        key = (T, str(device), variant)
-        if key not in cached:
-            cached[key] = rope(T, device, variant)
-        return cached[key]
-
-    model.rope = cached_rope
-    gptoss_mod.check_ids = lambda *a, **k: None  # it waits for the device: not while capturing
+    capturable(model)
     for T, ids in prompts:
         res = {False: {"replay": [], "eager": []}, True: {"replay": [], "eager": []}}
         with torch.inference_mode():
@@ -48,15 +38,7 @@ def main() -> None:
                 for pdl in (False, True):
                     Launcher.pdl = pdl
                     model(ids)
-                    s = torch.cuda.Stream()
-                    s.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(s):
-                        for _ in range(2):
-                            model(ids)
-                    torch.cuda.current_stream().wait_stream(s)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        logits = model(ids)
+                    graph, logits = capture(lambda: model(ids))
                     graph.replay()
                     torch.cuda.synchronize()
                     same[pdl] = torch.equal(logits, ref) and torch.equal(model(ids), ref)

@@ -69,3 +69,34 @@ def alternate(model, ids, variants: dict, row: dict, rounds: int = 3) -> dict:
     first = next(iter(logits.values()))
     row["logits_equal"] = all(torch.equal(first, v) for v in logits.values())
     return row
+
+
+def capturable(model) -> None:
+    """Let `model` be captured in a CUDA graph: its rope() result cached per length (it copies the CPU frequencies
+    to the GPU on every call), and gptoss.check_ids (which waits for the device) skipped; ids are the probes' own."""
+    from gptoss_viz.runtime import gptoss as gptoss_mod
+
+    rope, cached = model.rope, {}
+
+    def cached_rope(T, device, variant=None):
+        key = (T, str(device), variant)
+        if key not in cached:
+            cached[key] = rope(T, device, variant)
+        return cached[key]
+
+    model.rope = cached_rope
+    gptoss_mod.check_ids = lambda *a, **k: None
+
+
+def capture(fn):
+    """(graph, output): fn run twice on a side stream (allocator and kernel warm-up), then captured once."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
