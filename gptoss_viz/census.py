@@ -209,12 +209,10 @@ def batch_stats(model, ids_list: list[list[int]], labels: list[str]) -> dict[str
     cfg = model.config
     device = next(model.parameters()).device
     B, T = len(ids_list), max(len(x) for x in ids_list)
-    ids = torch.zeros(B, T, dtype=torch.long)
-    valid = torch.zeros(B, T, dtype=torch.bool)
+    ids = torch.zeros(B, T, dtype=torch.long)  # padded after each prompt: causal, so no prompt sees its padding
     for b, x in enumerate(ids_list):
         ids[b, : len(x)] = torch.tensor(x)
-        valid[b, : len(x)] = True
-    ids, valid_d = ids.to(device), valid.to(device)
+    ids = ids.to(device)
     L = len(model.blocks)
     is_oss = cfg.model_type == "gpt_oss"
     cap: dict[str, list] = defaultdict(lambda: [None] * L)

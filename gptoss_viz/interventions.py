@@ -14,7 +14,6 @@ An Intervention is a frozen value with a compact text form, so share links carry
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
