@@ -22,35 +22,18 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-class _Sm90:
-    """Just enough of a driver for JITFunction.warmup to compile for sm_90."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_device_interface(self):
-        return torch.cuda
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
+from kernel_compat import _Target  # noqa: E402  (a stand-in driver that names the architecture)
 
 
 def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg: int = 0, tokens: int = 1024,
                    ws: bool = False, halves: int = 1, one_multiply: bool = False, unroll: bool = False):
-    driver.set_active(_Sm90())
+    driver.set_active(_Target(90))
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from gptoss_viz.runtime.kernels import moe_hopper as mh

@@ -31,9 +31,9 @@ def trusted(version: str, self_test: Callable[[], str | None], what: str) -> tup
         problem = self_test()
     except Exception as e:  # a compile error on a Triton whose API moved: the same answer, no crash
         problem = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+    unverified = (f"{what}: Triton {version} is not a version they were verified on "
+                  f"({', '.join(v + 'x' for v in VERIFIED_TRITON)})")
     if problem is None:
-        return True, (f"{what}: Triton {version} is not a version they were verified on "
-                      f"({', '.join(v + 'x' for v in VERIFIED_TRITON)}); they passed their self-test on this GPU")
-    return False, (f"{what}: Triton {version} is not a version they were verified on "
-                   f"({', '.join(v + 'x' for v in VERIFIED_TRITON)}) and they failed their self-test on this GPU "
-                   f"({problem}); the model runs the other MoE kernels instead")
+        return True, f"{unverified}; they passed their self-test on this GPU"
+    return False, (f"{unverified} and they failed their self-test on this GPU ({problem}); the model runs the other "
+                   "MoE kernels instead")
