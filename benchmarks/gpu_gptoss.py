@@ -21,7 +21,9 @@ Phases (each guarded, results written after each so a cut-off run keeps what it 
             as an analysis user would run it (MXFP4 dequantized to bf16 at load: transformers' kernels for
             packed MXFP4 need the `kernels` package and the Hub)
 
-Timings are CUDA-event medians after warm-up; memory is torch.cuda.max_memory_allocated around one call.
+Timings are CUDA-event medians after warm-up, the calls back to back (and, at 1024 tokens, also each after a
+second of idle GPU: `_from_idle_ms`); the GPU's SM clock and power while the forwards were timed are recorded next
+to them (`_clocks`). Memory is torch.cuda.max_memory_allocated around one call.
 """
 
 from __future__ import annotations
@@ -74,6 +76,79 @@ def gpu_ms(fn, warmup: int = 2, reps: int = 5) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def idle_ms(fn, reps: int = 5, pause_s: float = 1.0) -> float:
+    """Median CUDA-event time of fn() in ms, each call after `pause_s` with the GPU idle: one request at a time, as
+    an analysis user sends them, where gpu_ms's calls back to back hold the GPU under load (and its clock down)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        time.sleep(pause_s)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _nvml_id() -> str:
+    """nvidia-smi's name for the current CUDA device: its PCI bus id where torch gives it (CUDA's numbering differs
+    from nvidia-smi's under CUDA_VISIBLE_DEVICES), else the index."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is None:
+        return str(torch.cuda.current_device())
+    return f"{getattr(props, 'pci_domain_id', 0):08X}:{bus:02X}:{getattr(props, 'pci_device_id', 0):02X}.0"
+
+
+class Clocks:
+    """The GPU's SM clock (MHz) and power draw (W) while the block runs, sampled by nvidia-smi every 20 ms (the
+    block starts after its first sample, and only samples stamped inside it count; power is NVML's running average).
+    The same kernels take longer at a lower clock, and under load the GPU lowers it (an H200 went from 1980 MHz idle
+    to ~1700 and, at its 700 W cap, 1500-1700: experiments/gap_probe.py). `summary()`: medians, minimum and sample
+    count, or why there are none."""
+
+    def __init__(self):
+        self.rows: list[tuple[float, float]] = []
+        self.error = None
+        self._proc = None
+
+    def __enter__(self):
+        try:
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", f"--id={_nvml_id()}", "--query-gpu=timestamp,clocks.sm,power.draw",
+                 "--format=csv,noheader,nounits", "-lms", "20"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True)
+            self._proc.stdout.readline()  # its first sample: it has started
+        except OSError as e:
+            self.error = f"no nvidia-smi: {e}"
+        self.t0 = datetime.datetime.now()
+        return self
+
+    def __exit__(self, *exc):
+        t1 = datetime.datetime.now()
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        for line in self._proc.communicate()[0].splitlines():
+            try:
+                stamp, mhz, watts = (v.strip() for v in line.split(","))
+                when = datetime.datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f")
+                if self.t0 <= when <= t1:
+                    self.rows.append((float(mhz), float(watts)))
+            except ValueError:
+                continue
+
+    def summary(self) -> dict:
+        if not self.rows:
+            return {"error": self.error or "no samples inside the timed block"}
+        return {"sm_mhz_median": statistics.median(r[0] for r in self.rows),
+                "sm_mhz_min": min(r[0] for r in self.rows),
+                "watts_median": statistics.median(r[1] for r in self.rows), "samples": len(self.rows)}
 
 
 def peak_bytes(fn) -> int:
@@ -215,7 +290,11 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
         row = {"T": T}
         with torch.inference_mode():
             model.use_kernels = True
-            row["forward_ms"] = gpu_ms(lambda: model(ids))
+            with Clocks() as clocks:
+                row["forward_ms"] = gpu_ms(lambda: model(ids))
+            row["forward_clocks"] = clocks.summary()
+            if T == 1024:
+                row["forward_from_idle_ms"] = idle_ms(lambda: model(ids))
             row["forward_path"] = model.last_path
             row["forward_peak_bytes"] = peak_bytes(lambda: model(ids))
             row["lean_trace_ms"] = gpu_ms(lambda: model.run_with_cache(ids, names), warmup=1, reps=3)
@@ -433,7 +512,11 @@ def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict
         with torch.inference_mode():
             call = lambda: hf(ids, output_attentions=True, output_router_logits=True)  # noqa: E731
             try:
-                row["analysis_forward_ms"] = gpu_ms(call, warmup=1, reps=3)
+                with Clocks() as clocks:
+                    row["analysis_forward_ms"] = gpu_ms(call, warmup=1, reps=3)
+                row["analysis_forward_clocks"] = clocks.summary()
+                if T == 1024:
+                    row["analysis_forward_from_idle_ms"] = idle_ms(call)
                 row["analysis_forward_peak_bytes"] = peak_bytes(call)
             except torch.OutOfMemoryError as e:
                 row["analysis_forward_error"] = f"out of GPU memory: {str(e)[:300]}"
@@ -516,6 +599,15 @@ def phase_gpt2(R: dict, T: int = 1024) -> None:
     torch.cuda.empty_cache()
 
 
+def _clock_note(row: dict, key: str) -> str:
+    """' | 1680 MHz, 690 W; from idle 16.9 ms' for a row's timed forward, where measured."""
+    c = row.get(key + "_clocks", {})
+    note = f" | {c['sm_mhz_median']:.0f} MHz, {c['watts_median']:.0f} W" if "sm_mhz_median" in c else ""
+    if key + "_from_idle_ms" in row:
+        note += f"; from idle {row[key + '_from_idle_ms']:.1f} ms"
+    return note
+
+
 def summary(R: dict) -> str:
     lines = [f"{R['env']['gpu']} {R['env']['date']}"]
     c = R.get("ceilings", {})
@@ -539,7 +631,8 @@ def summary(R: dict) -> str:
                          f"{r['forward_peak_bytes'] / GiB:.2f} GiB | lean {r['lean_trace_ms']:.1f} ms "
                          f"{r['lean_trace_peak_bytes'] / GiB:.2f} GiB | full {r['full_trace_ms']:.1f} ms "
                          f"{r['full_trace_peak_bytes'] / GiB:.2f} GiB"
-                         + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else ""))
+                         + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else "")
+                         + _clock_note(r, "forward"))
     dv = R.get("ours20b", {}).get("divergence_vs_fp32")
     if dv:
         for tag in ("fast", "reference"):
@@ -552,7 +645,7 @@ def summary(R: dict) -> str:
             lines.append(f"hf20b T={r['T']}: {r.get('analysis_forward_error')}")
             continue
         lines.append(f"hf20b T={r['T']}: {r['analysis_forward_ms']:.1f} ms peak "
-                     f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB"
+                     f"{r['analysis_forward_peak_bytes'] / GiB:.2f} GiB" + _clock_note(r, "analysis_forward")
                      + (f" | ours vs hf resid err layer 0/last {r['ours_vs_hf_resid_rel_err_by_layer'][0]:.2g}/"
                         f"{r['ours_vs_hf_resid_rel_err_by_layer'][-1]:.2g}" if "ours_vs_hf_resid_rel_err_by_layer" in r
                         else ""))

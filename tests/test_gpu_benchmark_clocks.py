@@ -1,0 +1,59 @@
+"""benchmarks/gpu_gptoss.py's Clocks: the GPU clock and power recorded next to each timed block, from nvidia-smi's
+samples stamped inside the block only. Runs on the CPU with a stand-in nvidia-smi."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_gptoss  # noqa: E402
+
+FAKE = '''#!{python}
+import datetime, sys, time
+stamp = lambda t: t.strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+# two samples stamped before the block (the first is the one the block waits for), then one every 20 ms
+for _ in range(2):
+    print(stamp(datetime.datetime.now() - datetime.timedelta(seconds=5)) + ", 999, 50.0", flush=True)
+print("not a sample", flush=True)
+while True:
+    time.sleep(0.02)
+    print(stamp(datetime.datetime.now()) + ", 1680, 690.5", flush=True)
+'''
+
+
+@pytest.fixture
+def fake_smi(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE.format(python=sys.executable))
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(gpu_gptoss, "_nvml_id", lambda: "0")
+    return smi
+
+
+def test_clocks_keeps_only_samples_inside_the_block(fake_smi):
+    with gpu_gptoss.Clocks() as clocks:
+        time.sleep(0.3)
+    s = clocks.summary()
+    assert s["sm_mhz_median"] == 1680 and s["sm_mhz_min"] == 1680  # the earlier 999 MHz sample is left out
+    assert s["watts_median"] == 690.5
+    assert 3 <= s["samples"] <= 16
+
+
+def test_clocks_without_nvidia_smi_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    monkeypatch.setattr(gpu_gptoss, "_nvml_id", lambda: "0")
+    with gpu_gptoss.Clocks() as clocks:
+        pass
+    assert "nvidia-smi" in clocks.summary()["error"]
+
+
+def test_clock_note_in_the_summary_line():
+    row = {"forward_clocks": {"sm_mhz_median": 1680.0, "watts_median": 690.4}, "forward_from_idle_ms": 16.94}
+    assert gpu_gptoss._clock_note(row, "forward") == " | 1680 MHz, 690 W; from idle 16.9 ms"
+    assert gpu_gptoss._clock_note({"forward_clocks": {"error": "no samples"}}, "forward") == ""
