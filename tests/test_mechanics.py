@@ -208,6 +208,30 @@ def test_rotation_is_half_split_and_scaled(model, run):
     assert torch.allclose(got[0], conc * cache["blocks.0.attn.hook_q"][0], atol=1e-6)
 
 
+def test_rope_tables_give_each_length_the_freshly_computed_rows():
+    """GptOss.rope keeps one table per device and variant and hands out its first T rows: equal bit for bit to
+    cos/sin computed for exactly T positions, at lengths below, at and above the first table's, both variants; a
+    longer prompt grows the table, a shorter one reuses it."""
+    from conftest import tiny_gptoss_config
+
+    from gptoss_viz.runtime.gptoss import GptOss
+
+    m = GptOss(tiny_gptoss_config(max_position_embeddings=4096))
+    inv_freq, conc = inv_freq_for(m.config)
+    plain = rope_inv_freq(m.config.head_dim, m.config.rope_theta)
+    for T in (1, 7, 1023, 1024, 1025, 3000, 5):
+        for variant, (f, c) in ((None, (inv_freq, conc)), ("plain", (plain, 1.0))):
+            cos, sin = m.rope(T, "cpu", variant)
+            ref_cos, ref_sin = rope_cos_sin(torch.arange(T), f, c)
+            assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin), (T, variant)
+    assert len(m._rope_tables) == 2  # one table per variant, grown to 4096 rows by T = 3000
+    assert all(t[0].shape[0] == 4096 for t in m._rope_tables.values())
+    assert m.rope(10, "cpu")[0].data_ptr() == m.rope(20, "cpu")[0].data_ptr()  # views of one table
+    assert not torch.equal(m.rope(64, "cpu")[0], m.rope(64, "cpu", "plain")[0])
+    with pytest.raises(ValueError, match="unknown RoPE variant"):
+        m.rope(4, "cpu", "ntk")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MXFP4
 

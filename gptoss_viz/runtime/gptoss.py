@@ -491,18 +491,30 @@ class GptOss(HookedModel):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tokenizer = None  # set by load_model
         self.last_path = None  # {"attention": ..., "moe": ...}: which path each part of the last forward took
+        self._rope_tables = {}  # rope(): (cos, sin) per device, variant and RoPE settings
         self.setup_hooks()
 
     def rope(self, T: int, device, variant: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, D/2] in fp32 for positions 0..T-1: the model's own frequencies (YaRN for gpt-oss), or
-        variant="plain" for plain RoPE at the same theta with no concentration (an intervention)."""
+        variant="plain" for plain RoPE at the same theta with no concentration (an intervention).
+        The first T rows of a table kept per device, variant and RoPE settings, computed once for a power-of-two
+        length >= T (each row depends on its position only, so a row is the same whatever length it was computed
+        for): no frequencies computed on the CPU and copied to the device on every forward. Read-only views."""
         if variant not in (None, "model", "plain"):
             raise ValueError(f"unknown RoPE variant {variant!r}: use 'model' or 'plain'")
-        if variant == "plain":
-            inv_freq, concentration = rope_inv_freq(self.config.head_dim, self.config.rope_theta), 1.0
-        else:
-            inv_freq, concentration = inv_freq_for(self.config)
-        return rope_cos_sin(torch.arange(T, device=device), inv_freq, concentration)
+        plain = variant == "plain"
+        cfg = self.config
+        key = (str(torch.device(device)), plain, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        table = self._rope_tables.get(key)
+        if table is None or table[0].shape[0] < T:
+            n = min(max(1024, 1 << (T - 1).bit_length()), max(T, cfg.max_position_embeddings))
+            if plain:
+                inv_freq, concentration = rope_inv_freq(cfg.head_dim, cfg.rope_theta), 1.0
+            else:
+                inv_freq, concentration = inv_freq_for(cfg)
+            table = rope_cos_sin(torch.arange(n, device=device), inv_freq, concentration)
+            self._rope_tables[key] = table
+        return table[0][:T], table[1][:T]
 
     def forward(self, ids: torch.Tensor, window: int | None = None, rope: str | None = None) -> torch.Tensor:
         """Per-call options for the changes no hook can express (interventions):
