@@ -62,20 +62,22 @@ KEEP_AT = 512  # prompt length at which our logits are kept to compare with tran
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring
 
+def event_ms(fn) -> float:
+    """CUDA-event time of one fn() in ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def gpu_ms(fn, warmup: int = 2, reps: int = 5) -> float:
     """Median CUDA-event time of fn() in ms."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(event_ms(fn) for _ in range(reps))
 
 
 def idle_ms(fn, reps: int = 5, pause_s: float = 1.0) -> float:
@@ -86,12 +88,7 @@ def idle_ms(fn, reps: int = 5, pause_s: float = 1.0) -> float:
     for _ in range(reps):
         torch.cuda.synchronize()
         time.sleep(pause_s)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(event_ms(fn))
     return statistics.median(times)
 
 

@@ -13,19 +13,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+
+from host_ops import host_us  # noqa: E402
 
 from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model  # noqa: E402
-
-
-def host_us(fn, n=2000):
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) / n * 1e6
-    torch.cuda.synchronize()
-    return t
 
 
 def main() -> None:
@@ -53,13 +45,13 @@ def main() -> None:
     x = torch.empty(T, 2880, device="cuda", dtype=torch.bfloat16)
     R["alloc_us"] = {
         "torch.empty(shape, device=x.device, dtype=x.dtype)": host_us(
-            lambda: torch.empty(x.shape, device=x.device, dtype=x.dtype)),
-        "torch.empty_like(x)": host_us(lambda: torch.empty_like(x)),
-        "x.new_empty(shape)": host_us(lambda: x.new_empty(x.shape)),
+            lambda: torch.empty(x.shape, device=x.device, dtype=x.dtype), 2000),
+        "torch.empty_like(x)": host_us(lambda: torch.empty_like(x), 2000),
+        "x.new_empty(shape)": host_us(lambda: x.new_empty(x.shape), 2000),
         "torch.empty(T * 4, 2880, device=x.device, dtype=torch.float32)": host_us(
-            lambda: torch.empty(T * 4, 2880, device=x.device, dtype=torch.float32)),
+            lambda: torch.empty(T * 4, 2880, device=x.device, dtype=torch.float32), 2000),
         "x.new_empty((T * 4, 2880), dtype=torch.float32)": host_us(
-            lambda: x.new_empty((T * 4, 2880), dtype=torch.float32)),
+            lambda: x.new_empty((T * 4, 2880), dtype=torch.float32), 2000),
     }
     print(json.dumps({k: R[k] for k in ("median_ms", "alloc_us")}, indent=1), flush=True)
     out.write_text(json.dumps(R, indent=1))
