@@ -232,6 +232,21 @@ def test_rope_tables_give_each_length_the_freshly_computed_rows():
         m.rope(4, "cpu", "ntk")
 
 
+def test_rope_tables_made_under_inference_mode_serve_training():
+    """A table first made inside torch.inference_mode (the app's and the benchmarks' forwards) is an ordinary
+    tensor: a later forward under autograd (training) can save it for backward."""
+    from conftest import tiny_gptoss_config
+
+    from gptoss_viz.runtime.gptoss import GptOss
+
+    m = GptOss(tiny_gptoss_config(max_position_embeddings=4096))
+    ids = torch.randint(0, 300, (12,))
+    with torch.inference_mode():
+        m(ids)
+    m(ids).float().sum().backward()
+    assert m.embed_tokens.weight.grad is not None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # MXFP4
 

@@ -508,11 +508,12 @@ class GptOss(HookedModel):
         table = self._rope_tables.get(key)
         if table is None or table[0].shape[0] < T:
             n = min(max(1024, 1 << (T - 1).bit_length()), max(T, cfg.max_position_embeddings))
-            if plain:
-                inv_freq, concentration = rope_inv_freq(cfg.head_dim, cfg.rope_theta), 1.0
-            else:
-                inv_freq, concentration = inv_freq_for(cfg)
-            table = rope_cos_sin(torch.arange(n, device=device), inv_freq, concentration)
+            with torch.inference_mode(False):  # ordinary tensors, which a later forward under autograd can use
+                if plain:
+                    inv_freq, concentration = rope_inv_freq(cfg.head_dim, cfg.rope_theta), 1.0
+                else:
+                    inv_freq, concentration = inv_freq_for(cfg)
+                table = rope_cos_sin(torch.arange(n, device=device), inv_freq, concentration)
             self._rope_tables[key] = table
         return table[0][:T], table[1][:T]
 
