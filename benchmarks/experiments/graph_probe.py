@@ -27,7 +27,7 @@ def main() -> None:
     model = random_packed_model(cfg, "cuda")
     model.prepare_kernels()
     model.use_kernels = True
-    capturable(model)  # (rope() cached per length, the ids check skipped: neither may run while capturing)
+    capturable(model)  # (the ids check skipped: it may not run while capturing)
     R = {"gpu": torch.cuda.get_device_name(), "lengths": []}
     g = torch.Generator(device="cuda").manual_seed(0)
     for T in lengths:

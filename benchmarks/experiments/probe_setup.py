@@ -72,19 +72,11 @@ def alternate(model, ids, variants: dict, row: dict, rounds: int = 3) -> dict:
 
 
 def capturable(model) -> None:
-    """Let `model` be captured in a CUDA graph: its rope() result cached per length (it copies the CPU frequencies
-    to the GPU on every call), and gptoss.check_ids (which waits for the device) skipped; ids are the probes' own."""
+    """Let `model` be captured in a CUDA graph: gptoss.check_ids (which waits for the device) skipped; ids are the
+    probes' own. (rope() needs nothing since GptOss keeps its tables: the warm-up before a capture makes the table,
+    and the captured forward only slices it.)"""
     from gptoss_viz.runtime import gptoss as gptoss_mod
 
-    rope, cached = model.rope, {}
-
-    def cached_rope(T, device, variant=None):
-        key = (T, str(device), variant)
-        if key not in cached:
-            cached[key] = rope(T, device, variant)
-        return cached[key]
-
-    model.rope = cached_rope
     gptoss_mod.check_ids = lambda *a, **k: None
 
 
