@@ -691,6 +691,29 @@ def test_sum_slots_with_residual(N, k, d):
 
 
 @interpretable
+@pytest.mark.parametrize("N,k,d", [(1, 4, 2880), (37, 4, 2880), (300, 2, 1030), (5, 4, 64)])
+def test_sum_slots_computes_the_next_norm_as_rms_norm_fused_does(N, k, d):
+    """The MoE's last launch with the next RMSNorm (the following block's input norm, or the model's final one):
+    out and residual + out as without it, and the norm equal bit for bit to rms_norm_fused of that sum, which is
+    what the forward would otherwise launch."""
+    from gptoss_viz.runtime.kernels.fused import rms_norm_fused
+    from gptoss_viz.runtime.kernels.moe import sum_slots
+
+    g = torch.Generator(device=DEVICE).manual_seed(N + d)
+    y = torch.randn(N * k, d, generator=g, device=DEVICE)
+    r = (8 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
+    w = (1 + 0.1 * torch.randn(d, generator=g, device=DEVICE)).to(DTYPE)
+    out, total = sum_slots(y, N, DTYPE, residual=r)
+    out2, total2, normed = sum_slots(y, N, DTYPE, residual=r, norm=(w, 1e-5))
+    assert torch.equal(out2, out) and torch.equal(total2, total), "the norm changed the sum or the output"
+    assert torch.equal(normed, rms_norm_fused(total, w, 1e-5)), "the norm differs from rms_norm_fused's"
+    with pytest.raises(ValueError, match="residual"):
+        sum_slots(y, N, DTYPE, norm=(w, 1e-5))
+    with pytest.raises(ValueError, match="norm weight"):
+        sum_slots(y, N, DTYPE, residual=r, norm=(w[:-1], 1e-5))
+
+
+@interpretable
 @pytest.mark.parametrize("E,T", [(32, 1), (32, 1000), (128, 333), (8, 37)])
 def test_route_fused_matches_route(E, T):
     """gptoss.route's experts and weights: the same k largest logits, largest first, every expert above the k-th
@@ -820,6 +843,37 @@ def test_fast_path_equals_reference_at_20b_layer_shapes():
     assert model.last_path["moe"] == "triton"
     rows = cache["blocks.0.attn.hook_pattern"].sum(-1) + cache["blocks.0.attn.hook_sink_prob"]
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5), "pattern rows + sink do not sum to 1"
+
+
+@pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
+def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
+    """The fast path takes each block's input RMSNorm (and the final one) from the previous block's last MoE
+    launch. Listening at hook_resid_pre / hook_resid_post stops that; the logits stay the same bit for bit, and
+    the forward launches that many RMSNorms more."""
+    from gptoss_viz.runtime.kernels import fused
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=3, vocab_size=2048)
+    model = random_packed_model(cfg, "cuda", seed=5)
+    model.prepare_kernels()
+    ids = torch.randint(0, cfg.vocab_size, (300,), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    calls = []
+    real = fused.rms_norm_fused
+    monkeypatch.setattr(fused, "rms_norm_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = []
+    with torch.inference_mode():
+        plain = model(ids)
+        n_plain = len(calls)
+        for names in (["blocks.1.hook_resid_pre"], ["blocks.2.hook_resid_post"],
+                      [f"blocks.{i}.hook_resid_pre" for i in range(3)]):
+            calls.clear()
+            with model.hooks([(n, lambda x, hook: seen.append(hook.name)) for n in names]):
+                got = model(ids)
+            assert torch.equal(got, plain), f"logits differ with {names} listened to"
+            assert len(calls) == n_plain + len(names) - ("blocks.0.hook_resid_pre" in names), (names, len(calls))
+    assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
+    assert n_plain == 1 + cfg.num_hidden_layers, f"{n_plain} RMSNorm launches: the first input norm and one a block"
+    assert seen, "the hooks never ran"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -100,8 +100,8 @@ def test_the_check_catches_a_kernel_the_jit_would_not_run(rms):
     w = torch.ones(256, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(x)
     rms[(8,)](*rms_args(x, w, out, 256), HAS_RES=False, BLOCK=256, num_warps=4)
-    (key, (kernel, tail, _)), = rms._cache.items()
-    rms._cache[key] = (kernel, tail, "another kernel's key")
+    (key, (kernel, tail, _, direct)), = rms._cache.items()
+    rms._cache[key] = (kernel, tail, "another kernel's key", direct)
     with pytest.raises(RuntimeError, match="another compiled kernel"):
         rms[(8,)](*rms_args(x, w, out, 256), HAS_RES=False, BLOCK=256, num_warps=4)
 
@@ -166,3 +166,75 @@ def test_a_whole_forward_launches_without_the_jit_once_warm(monkeypatch):
         assert torch.equal(got_cache[n], want_cache[n]), f"{n} differs from the JIT-launched forward's"
     assert len(descriptors) == 4, f"{len(descriptors)} weight descriptors for one tile (want 2 blocks + 2 scales)"
     assert all(model.blocks[0].mlp.experts.descriptors[k] is v for k, v in descriptors.items())
+
+
+@pytest.fixture
+def hopper():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper MoE kernels (TMA descriptor arguments) need an sm_90 GPU")
+    from gptoss_viz.runtime.kernels import moe_hopper
+    from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
+
+    E, d, I = 8, 256, 256
+    g = torch.Generator(device="cuda").manual_seed(7)
+    u8 = lambda lo, hi, *s: torch.randint(lo, hi, s, generator=g, device="cuda", dtype=torch.uint8)  # noqa: E731
+    bf = lambda *s: (0.5 * torch.randn(*s, generator=g, device="cuda")).to(torch.bfloat16)  # noqa: E731
+    packed = (to_hopper_order(u8(0, 256, E, 2 * I, d // 32, 16)), to_hopper_scales(u8(118, 122, E, 2 * I, d // 32)),
+              bf(E, 2 * I), to_hopper_order(u8(0, 256, E, d, I // 32, 16)), to_hopper_scales(u8(118, 122, E, d, I // 32)),
+              bf(E, d))
+
+    def run(x, idx, w, **kw):
+        return moe_hopper.moe_mxfp4_hopper(x, idx, w, *packed, 7.0, 1.702, descriptors=kw.pop("descriptors", None),
+                                           **kw)
+
+    def inputs(N):
+        x = bf(N, d)
+        idx = torch.randn(N, E, generator=g, device="cuda").topk(2, -1).indices
+        return x, idx, torch.randn(N, 2, generator=g, device="cuda").softmax(-1).to(torch.bfloat16)
+
+    return moe_hopper, run, inputs
+
+
+def test_direct_launches_encode_each_descriptor_for_its_own_memory(hopper, monkeypatch):
+    """The Hopper MoE kernels take four TMA descriptors each. Launched directly (no CudaLauncher.__call__, tensor
+    maps kept per address, shape and strides), inputs at other addresses and of other lengths, alternating, give
+    what the JIT's launches give, bit for bit."""
+    from triton.backends.nvidia.driver import CudaLauncher
+
+    from gptoss_viz.runtime.kernels.launch import Launcher
+
+    moe_hopper, run, inputs = hopper
+    monkeypatch.setattr(moe_hopper._moe_hopper_launch, "_cache", {})  # only this test's kernels (see below)
+    cases = [inputs(N) for N in (40, 300, 40, 301)]  # all alive at once: each at its own address
+    monkeypatch.setattr(Launcher, "enabled", False)
+    want = [run(*c) for c in cases]
+    monkeypatch.setattr(Launcher, "enabled", True)
+    for c in cases:
+        run(*c)  # compiles or finds, and caches, each tile's kernel
+    direct = [v[3] for v in moe_hopper._moe_hopper_launch._cache.values()]
+    assert direct and all(dl is not None and len(dl.descs) == 4 for dl in direct), "no direct launch with 4 descriptors"
+
+    def no_call(*a, **k):
+        raise AssertionError("a cached launch went through CudaLauncher.__call__")
+
+    monkeypatch.setattr(CudaLauncher, "__call__", no_call)
+    descriptors = {}
+    for _ in range(2):
+        for c, w in zip(cases, want):
+            assert torch.equal(run(*c, descriptors=descriptors), w), "a direct launch differs from the JIT's"
+    assert all(dl.maps for dl in direct), "no tensor map was kept"
+
+
+def test_rows_descriptor_is_what_from_tensor_builds(hopper):
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    moe_hopper, _, _ = hopper
+    lay = moe_hopper._rows_layout(64)
+    for t in (torch.empty(300, 512, device="cuda", dtype=torch.bfloat16),
+              torch.empty(300, 512, device="cuda", dtype=torch.bfloat16),  # the second from the kept fields
+              torch.empty(7, 2880, device="cuda", dtype=torch.bfloat16)):
+        got, want = moe_hopper._rows_descriptor(t, 64, lay), TensorDescriptor.from_tensor(t, [64, 64], lay)
+        assert type(got) is TensorDescriptor and got == want and got.base is t
+    with pytest.raises(AssertionError):  # an unaligned base still meets from_tensor's check
+        moe_hopper._rows_descriptor(torch.empty(2 * 300 * 512 + 1, device="cuda",
+                                                dtype=torch.bfloat16)[1:300 * 512 + 1].view(300, 512), 64, lay)

@@ -22,7 +22,7 @@ def summarize(raw: Path, out: Path, line: int | None = None, top: int = 45) -> N
     for a profile of an earlier version of it)."""
     if line is None:
         line = next(i for i, t in enumerate(Path(__file__).read_text().splitlines(), 1)
-                    if "host.append" in t) - 1  # the timed model(ids) is the line before
+                    if t.lstrip().startswith("host.append(")) - 1  # the timed model(ids) is the line before
     here = f"main (host_loop.py:{line})"
     incl, own, total = collections.Counter(), collections.Counter(), 0
     for row in raw.read_text().splitlines():

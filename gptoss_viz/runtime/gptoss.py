@@ -131,7 +131,7 @@ class Attention(nn.Module):
         self.hook_out = HookPoint("[T, d]")
         self.use_kernels = True  # allow the Triton kernel where it computes the same thing (see fast_path_ok)
         self.last_path = None  # "triton" or "reference": which path the last forward took
-        self._qkv = None  # (weight, bias) that q/k/v_proj's parameters are views of, after fuse_qkv
+        self._qkv = None  # (weight, bias, the projections' addresses) that q/k/v_proj are views of, after fuse_qkv
 
     @torch.no_grad()
     def fuse_qkv(self) -> None:
@@ -147,21 +147,24 @@ class Attention(nn.Module):
         if b is not None:
             for p, pb in zip(projs, b.split(sizes)):
                 p.bias = nn.Parameter(pb, requires_grad=p.bias.requires_grad)
-        self._qkv = (w, b)
+        self._qkv = (w, b, self._qkv_addresses())
+
+    def _qkv_addresses(self) -> tuple:
+        q, k, v = self.q_proj, self.k_proj, self.v_proj
+        if self.cfg.attention_bias:
+            return (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(),
+                    q.bias.data_ptr(), k.bias.data_ptr(), v.bias.data_ptr())
+        return q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr()
 
     def _fused_qkv(self):
         """(weight, bias) of the fused projection while q/k/v_proj's parameters are still the views fuse_qkv made
-        (a reassigned or moved parameter ends it), else None."""
+        (a reassigned or moved parameter ends it: their addresses are compared), else None."""
         if self._qkv is None:
             return None
-        w, b = self._qkv
-        row = 0  # the first row of each projection in w (and entry in b)
-        for p in (self.q_proj, self.k_proj, self.v_proj):
-            if (p.weight.data_ptr() != w.data_ptr() + row * w.stride(0) * w.element_size()
-                    or (b is not None and p.bias.data_ptr() != b.data_ptr() + row * b.element_size())):
-                self._qkv = None  # let the fused copy go
-                return None
-            row += p.out_features
+        w, b, addresses = self._qkv
+        if self._qkv_addresses() != addresses:
+            self._qkv = None  # let the fused copy go
+            return None
         return w, b
 
     def _apply(self, fn, recurse=True):
@@ -179,7 +182,7 @@ class Attention(nn.Module):
         H, K, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
         fused = self._fused_qkv() if _fused_ok(self.use_kernels, x) else None
         if fused is not None:  # the same three projections in one matmul (fuse_qkv), split into views
-            q, k, v = F.linear(x, *fused).split([H * D, K * D, K * D], -1)
+            q, k, v = F.linear(x, *fused).split_with_sizes([H * D, K * D, K * D], -1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self.hook_q(q.view(*lead, T, H, D))  # [T, d] -> [T, H, D]
@@ -385,9 +388,11 @@ class MoE(nn.Module):
 
         return moe_mxfp4
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: "RMSNorm | None" = None):
         """x [T, d] -> the experts' weighted sum [T, d]; with `residual` [T, d], residual + that sum (the
-        block's residual add, which the fast path does in the launch that sums the experts' outputs)."""
+        block's residual add, which the fast path does in the launch that sums the experts' outputs). With `norm`
+        as well (the RMSNorm that follows the block): (residual + sum, norm of it), the second from that same
+        launch where the fast path ran and hook_out left the sum as it was, else None."""
         logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
         if _fused_ok(self.use_kernels, logits):  # the same top-k and softmax in one launch
             from gptoss_viz.runtime.kernels.fused import route_fused
@@ -398,19 +403,20 @@ class MoE(nn.Module):
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
         kernel = self._kernel(x)
-        total = None
+        total = normed = None
         if kernel is not None:
             ex = self.experts
             d = x.shape[-1]
             res = None if residual is None else residual.reshape(-1, d)
-            out = kernel(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
+            got = kernel(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
                          ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
                          ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                         residual=res)
-            if res is not None:
-                out, total = out[0].view_as(x), out[1].view_as(x)
+                         residual=res, norm=None if res is None or norm is None else (norm.weight, norm.eps))
+            if res is None:
+                out = got.view_as(x)
             else:
-                out = out.view_as(x)
+                out, total = got[0].view_as(x), got[1].view_as(x)
+                normed = got[2].view_as(x) if len(got) == 3 else None
             self.last_path = "triton"
         else:
             out = self.combine(x, idx, weight)
@@ -418,9 +424,9 @@ class MoE(nn.Module):
         hooked = self.hook_out(out)
         if residual is None:
             return hooked
-        if total is not None and hooked is out:  # (a hook that replaced the output needs the add redone)
-            return total
-        return residual + hooked
+        if total is None or hooked is not out:  # (a hook that replaced the output needs the add redone)
+            total, normed = residual + hooked, None
+        return total if norm is None else (total, normed)
 
     def combine(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_j weight[t, j] * expert_{idx[t, j]}(x[t]), running each expert once on the tokens routed to it."""
@@ -454,17 +460,28 @@ class Block(nn.Module):
         self.mlp = MoE(cfg, packed)
         self.hook_resid_post = HookPoint("[T, d]")
 
-    def forward(self, x, cos, sin, window=None):
+    def forward(self, x, cos, sin, window=None, normed=None, next_norm=None):
+        """x [T, d] -> the block's output [T, d]. The fast path's one launch summing the experts' outputs can also
+        add the residual and compute the RMSNorm that follows the block: given `next_norm` (that RMSNorm), the
+        block returns (output, next_norm(output)), the second None where it was not computed that way; the next
+        block takes it as `normed`, its input's RMSNorm, in place of computing it (the caller passes it only while
+        hook_resid_pre in between leaves x as it is)."""
         x = self.hook_resid_pre(x)
         if _fused_ok(self.attn.use_kernels, x):  # the same sums and norms, fewer launches (kernels/fused.py)
             from gptoss_viz.runtime.kernels.fused import rms_norm_fused
 
-            a = self.attn(rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps), cos, sin, window)
+            if normed is None:
+                normed = rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps)
+            a = self.attn(normed, cos, sin, window)
             h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
-            return self.hook_resid_post(self.mlp(h, residual=x))
+            if next_norm is not None and self.hook_resid_post.idle:
+                return self.mlp(h, residual=x, norm=next_norm)
+            x = self.hook_resid_post(self.mlp(h, residual=x))
+            return x if next_norm is None else (x, None)
         x = x + self.attn(self.input_layernorm(x), cos, sin, window)
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return self.hook_resid_post(x)
+        x = self.hook_resid_post(x)
+        return x if next_norm is None else (x, None)
 
 
 class RMSNorm(nn.Module):
@@ -526,9 +543,16 @@ class GptOss(HookedModel):
             raise ValueError(f"window must be at least 1 token, got {window}")
         x = self.hook_embed(self.embed_tokens(ids))  # [T, d], no embedding scale
         cos, sin = self.rope(ids.shape[-1], ids.device, rope)
-        for block in self.blocks:
-            x = block(x, cos, sin, window if block.attn.window is not None else None)
+        h = None  # the next RMSNorm of x, where the block before computed it (Block.forward)
+        blocks = self.blocks
+        for i, block in enumerate(blocks):
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            norm = self.norm if nxt is None else nxt.input_layernorm if nxt.hook_resid_pre.idle else None
+            got = block(x, cos, sin, window if block.attn.window is not None else None, normed=h, next_norm=norm)
+            x, h = got if norm is not None else (got, None)
         self.last_path = self._paths_taken()
+        if h is not None:
+            return self.lm_head(h)
         if _fused_ok(self.use_kernels, x):
             from gptoss_viz.runtime.kernels.fused import rms_norm_fused
 
@@ -578,16 +602,32 @@ class GptOss(HookedModel):
                 "moe": summary([b.mlp.last_path for b in self.blocks])}
 
 
-def _kernels_available(device: torch.device) -> bool:
-    """Imported here, not at the top: the kernels package (and Triton) is touched only for CUDA tensors."""
-    from gptoss_viz.runtime.kernels import available
+_AVAILABLE = {}  # device type -> whether the kernels can run there (kernels.available; Triton importable)
+_HOPPER_MOE = {}  # (device, dtype, d, I) -> _hopper_moe_ok's answer
 
-    return available(device)
+
+def _kernels_available(device: torch.device) -> bool:
+    """Imported here, not at the top: the kernels package (and Triton) is touched only for CUDA tensors. Kept per
+    device type (a forward asks ~5 times a layer)."""
+    ok = _AVAILABLE.get(device.type)
+    if ok is None:
+        from gptoss_viz.runtime.kernels import available
+
+        ok = _AVAILABLE[device.type] = available(device)
+    return ok
 
 
 def _hopper_moe_ok(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     """Whether kernels/moe_hopper.py runs this MoE (bf16 on sm_90, Triton with Gluon's Hopper API, and a Triton they
-    were verified on or on which they pass their self-test: kernels/verify.py)."""
+    were verified on or on which they pass their self-test: kernels/verify.py). Kept per device, dtype and shape."""
+    key = (device, dtype, d, I)
+    ok = _HOPPER_MOE.get(key)
+    if ok is None:
+        ok = _HOPPER_MOE[key] = _hopper_moe_check(device, dtype, d, I)
+    return ok
+
+
+def _hopper_moe_check(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     if device.type != "cuda" or not _kernels_available(device):
         return False
     try:
@@ -613,7 +653,7 @@ def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise InputError("empty input: the prompt produced no tokens")
     if T > max_len:
         raise InputError(f"sequence of {T} tokens is longer than the model's {max_len} positions")
-    lo, hi = (int(v) for v in torch.aminmax(ids))  # one reduction, one wait on the device
+    lo, hi = (int(v) for v in torch.aminmax(ids.cpu()))  # one copy to the host (one wait), a small reduction there
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise InputError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")

@@ -37,6 +37,15 @@ class HookPoint(nn.Module):
         """True while some hook listens here: lets the model skip work nobody asked for."""
         return bool(self._fns)
 
+    @property
+    def idle(self) -> bool:
+        """True while calling it returns its input as it is and runs nothing: no hook function and no torch module
+        hook (its own or a global one). The model may then compute what follows it elsewhere (the fast path)."""
+        return not (self._fns or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                    or self._backward_pre_hooks or _torch_module._global_forward_hooks
+                    or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
+                    or _torch_module._global_backward_pre_hooks)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # nothing listens: the identity, without nn.Module's call machinery (a forward passes ~15 hook points a
         # layer, each some microseconds of host time that the GPU may wait for); torch's own module hooks, where
@@ -44,7 +53,7 @@ class HookPoint(nn.Module):
         if (self._fns or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
                 or self._backward_pre_hooks or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
-                or _torch_module._global_backward_pre_hooks):
+                or _torch_module._global_backward_pre_hooks):  # (not self.idle: a property call costs more)
             return super().__call__(x)
         return x
 

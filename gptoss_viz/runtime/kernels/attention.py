@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gptoss_viz.runtime.kernels.launch import Launcher
+from gptoss_viz.runtime.kernels.launch import Launcher, cdiv, pow2
 
 
 @triton.jit
@@ -126,8 +126,8 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     K = k.shape[-2]
     _check_heads(H, K, D)
     scale = D ** -0.5 if scale is None else scale
-    q3, k3, v3 = (t.reshape(-1, T, t.shape[-2], D) for t in (q, k, v))  # [B, T, heads, D]
-    q3, k3, v3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3))
+    q3, k3, v3 = [t.reshape(-1, T, t.shape[-2], D) for t in (q, k, v)]  # [B, T, heads, D] (lists: less host time)
+    q3, k3, v3 = [t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3)]
     B = q3.shape[0]
     out = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
     sink_prob = torch.empty(B, H, T, device=q.device, dtype=torch.float32) if want_sink else out
@@ -137,7 +137,7 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         num_stages = 2 if windowed else 3
     if block_m % block_n:
         raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
-    grid = (triton.cdiv(T, block_m), H, B)
+    grid = (cdiv(T, block_m), H, B)
     _attn_sinks_launch[grid](
         q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
         q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
@@ -250,7 +250,7 @@ def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, w
     k = k if k.stride(-1) == 1 else k.contiguous()
     e = torch.as_tensor(edges, device=q.device)  # int64 or int32: both load as integers
     NB = e.numel() - 1
-    n_blocks = triton.cdiv(T, block_m)
+    n_blocks = cdiv(T, block_m)
     out = torch.empty(n_blocks, H, NB + 1, device=q.device, dtype=torch.float32)
     windowed = window is not None and int(window) < T  # a window as long as the sequence = full causal
     win = int(window) if windowed else T + block_m
@@ -259,7 +259,7 @@ def pattern_stats_fused(q: torch.Tensor, k: torch.Tensor, sinks: torch.Tensor, w
     _pattern_stats_launch[(n_blocks, H)](
         q, k, sinks, e, out, T, win, float(scale) * math.log2(math.e),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1),
-        GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=triton.next_power_of_2(NB + 1), WINDOWED=windowed,
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, NB=NB, NBP=pow2(NB + 1), WINDOWED=windowed,
         num_warps=num_warps, num_stages=num_stages)
     tot = out.sum(0)  # [H, B+1]
     return tot[:, NB] / max(T - 1, 1), tot[:, :NB] / T

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
-from gptoss_viz.runtime.kernels.launch import Launcher
+from gptoss_viz.runtime.kernels.launch import Launcher, cdiv, pow2
 from gptoss_viz.runtime.kernels.schedule import MoeSchedule, max_tiles
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (no libdevice), set at start
@@ -72,21 +72,27 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: 
     """rms_norm(x, weight, eps), or with `residual`: s = x + residual, returns (rms_norm(s, ...), s)."""
     shape = x.shape
     N = shape[-1]
-    x2 = x.reshape(-1, N)
+    x2 = x if x.dim() == 2 else x.reshape(-1, N)
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-    out = torch.empty(x2.shape, device=x.device, dtype=x.dtype)
+    out = torch.empty_like(x2)  # contiguous: a 2-D x2 with unit column stride is dense only with row stride N
+    # (torch.empty_like: ~2 us of host time; torch.empty with a shape, device and dtype: ~5)
     if residual is not None:
-        r2 = residual.reshape(-1, N)
+        r2 = residual if residual.dim() == 2 else residual.reshape(-1, N)
         r2 = r2 if r2.stride(-1) == 1 else r2.contiguous()
         s = torch.empty_like(out)
     else:
         r2 = s = x2
     _rms_norm_launch[(x2.shape[0],)](x2, r2, weight, out, s, N, float(eps), x2.stride(0), r2.stride(0),
-                                     out.stride(0), s.stride(0), HAS_RES=residual is not None,
-                                     BLOCK=triton.next_power_of_2(N), num_warps=8)
+                                     N, s.stride(0), HAS_RES=residual is not None, BLOCK=rms_block(N), num_warps=8)
     if residual is None:
-        return out.view(shape)
-    return out.view(shape), s.view(shape)
+        return out if len(shape) == 2 else out.view(shape)
+    return (out, s) if len(shape) == 2 else (out.view(shape), s.view(shape))
+
+
+def rms_block(N: int) -> int:
+    """The block _rms_norm_kernel reduces a row of N over (with 8 warps): kernels that end in the same norm use it
+    too, so that their sums of squares add in the same order (moe.sum_slots with `norm`)."""
+    return pow2(N)
 
 
 @triton.jit
@@ -143,7 +149,7 @@ def rope_fused(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         k_out, n = torch.empty(T, k_heads, D, device=q.device, dtype=q.dtype), 2
     _rope_launch[(T, n)](q, k_src, cos, sin, q_out, k_out, q_heads, k_heads, q.stride(0), q.stride(1),
                          k_src.stride(0), k_src.stride(1), cos.stride(0),
-                         HALF=D // 2, BH=triton.next_power_of_2(max(q_heads, k_heads)), num_warps=4)
+                         HALF=D // 2, BH=pow2(max(q_heads, k_heads)), num_warps=4)
     return q_out if k is None else (q_out, k_out)
 
 
@@ -208,14 +214,15 @@ def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSc
     A = flat.numel()
     k = idx.shape[-1] if idx.dim() > 1 else 1
     n = max_tiles(A, n_experts, block_m)
-    EP = triton.next_power_of_2(n_experts + 1)
+    EP = pow2(n_experts + 1)
     buf = torch.empty(3 * n + 2 * A + EP, device=idx.device, dtype=torch.int32)  # tiles, order, token, cursors
-    tiles, order, token = buf[:3 * n].view(3, n), buf[3 * n:3 * n + A], buf[3 * n + A:3 * n + 2 * A]
-    cursor = buf[3 * n + 2 * A:]
-    _schedule_launch[(1,)](flat, order, token, cursor, tiles[0], tiles[1], tiles[2], A, n_experts, n, TOP_K=k,
-                           BLOCK_M=block_m, EP=EP, CHUNK=1024, TB=64, num_warps=16)  # 16: more atomics in flight
-    return MoeSchedule(order=order, tile_expert=tiles[0], tile_start=tiles[1], tile_end=tiles[2], n_tiles=n,
-                       token=token)
+    t_expert, t_start, t_end, order, token, cursor = buf.split_with_sizes([n, n, n, A, A, EP])
+    # 16 warps, more atomics in flight; from 2048 assignments (512 tokens of 20b) 4096 a pass with 32 warps: 12-18%
+    # less time at 1024-4096 tokens of 20b and 120b, 2% at 512 (benchmarks/experiments/schedule_chunk_probe.py)
+    chunk, warps = (4096, 32) if A >= 2048 else (1024, 16)
+    _schedule_launch[(1,)](flat, order, token, cursor, t_expert, t_start, t_end, A, n_experts, n, TOP_K=k,
+                           BLOCK_M=block_m, EP=EP, CHUNK=chunk, TB=64, num_warps=warps)
+    return MoeSchedule(order=order, tile_expert=t_expert, tile_start=t_start, tile_end=t_end, n_tiles=n, token=token)
 
 
 @triton.jit
@@ -259,15 +266,16 @@ def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     E = logits.shape[-1]
     if not 1 <= k <= E:
         raise ValueError(f"route_fused: k={k} must be between 1 and the {E} experts")
-    x = logits.reshape(-1, E)
+    x = logits if logits.dim() == 2 else logits.reshape(-1, E)
     x = x if x.stride(-1) == 1 else x.contiguous()
     T = x.shape[0]
     idx = torch.empty(T, k, device=x.device, dtype=torch.int64)
     weight = torch.empty(T, k, device=x.device, dtype=x.dtype)
     BT = 32
-    _route_launch[(triton.cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT,
-                                         EP=triton.next_power_of_2(E), KP=triton.next_power_of_2(k),
-                                         EXPF=not _INTERPRETED, num_warps=4)
+    _route_launch[(cdiv(T, BT),)](x, idx, weight, T, E, x.stride(0), K=k, BT=BT, EP=pow2(E), KP=pow2(k),
+                                  EXPF=not _INTERPRETED, num_warps=4)
+    if logits.dim() == 2:
+        return idx, weight
     shape = (*logits.shape[:-1], k)
     return idx.view(shape), weight.view(shape)
 
@@ -308,7 +316,7 @@ def top_predictions_fused(logits: torch.Tensor, k: int, chunk: int = 4096):
     x = logits.reshape(-1, V)
     x = x if x.stride(-1) == 1 else x.contiguous()
     T = x.shape[0]
-    n = triton.cdiv(V, chunk)
+    n = cdiv(V, chunk)
     vals = torch.empty(T, n * k, device=x.device, dtype=torch.float32)
     cols = torch.empty(T, n * k, device=x.device, dtype=torch.int64)
     mx = torch.empty(T, n, device=x.device, dtype=torch.float32)

@@ -22,6 +22,11 @@ kernel's parameter order. `Launcher.check = True` (the GPU tests set it) makes e
 binding and raise if the JIT would have chosen a different compiled kernel, so a key coarser than Triton's
 cannot go unnoticed where the tests reach; `Launcher.enabled = False` sends every launch through the JIT.
 
+A hit also skips two layers of Python inside Triton's launcher (`_Direct`): it calls the compiled C launch
+function itself, and it turns each TMA descriptor argument into the CUtensorMap and sizes Triton would pass,
+keeping those per address, shape and strides (what the map is computed from), so a descriptor of the same memory
+is not encoded again on every launch (~4-5 us each, four a MoE kernel).
+
 Anything it does not know how to key (another argument type, a grid function, a launch hook installed by a
 profiler) goes through the JIT as before, and so does every launch on a Triton other than the version whose rules
 this reproduces (VERIFIED_TRITON).
@@ -42,6 +47,7 @@ from gptoss_viz.runtime.kernels.verify import VERIFIED_TRITON
 DIRECT = triton.__version__.startswith(VERIFIED_TRITON)
 if DIRECT:
     from triton import knobs
+    from triton.backends.nvidia import driver as _nvidia
 
 try:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as _GluonDescriptor
@@ -79,6 +85,28 @@ if _GluonDescriptor is not None:
     _KEYS[_GluonDescriptor] = _descriptor_key
 
 
+def cdiv(a: int, b: int) -> int:
+    """triton.cdiv for host code: Triton 3.6 wraps it (and next_power_of_2) as a ConstexprFunction, whose call
+    costs ~1-2 us of host time, ~3% of a forward's launch time at ~10 calls a layer."""
+    return -(-a // b)
+
+
+def pow2(n: int) -> int:
+    """triton.next_power_of_2 for host code (see cdiv): the smallest power of two >= n (n >= 0; 0 for 0)."""
+    return n if n <= 1 else 1 << (n - 1).bit_length()
+
+
+_cuda_up = False  # set once a kernel has launched: CUDA is initialised from then on
+_cuda_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else None
+
+
+def _cuda_ready() -> None:
+    """From the first launch on, the current device is read without torch.cuda.current_device's lazy-init check
+    (what Triton's driver calls: ~1 us a launch); the same value."""
+    global _cuda_up
+    _cuda_up = _cuda_device is not None and torch.cuda.is_initialized()
+
+
 class _Miss(Exception):
     """An argument this module cannot key: the launch goes through the JIT."""
 
@@ -90,12 +118,66 @@ def _key(args) -> tuple:
         raise _Miss from None
 
 
+class _Direct:
+    """A compiled kernel's launch without Triton 3.6's CudaLauncher.__call__ and its tensor-descriptor wrapper
+    (driver.py: wrap_handle_tensordesc): the C launch function it ends in, called with what they would pass it."""
+
+    CACHE = 64  # tensor maps kept a kernel; all dropped when full
+
+    def __init__(self, run):
+        launch = run.launch
+        self.descs = {}  # argument index -> its TMA metadata (None: a host descriptor Triton expands unencoded)
+        if getattr(launch, "__name__", "") == "inner":  # wrap_handle_tensordesc's wrapper: its closure holds them
+            cells = dict(zip(launch.__code__.co_freevars, (c.cell_contents for c in launch.__closure__)))
+            launch = cells["launcher"]
+            self.descs = dict(zip(sorted(cells["tensordesc_indices"]), cells["tensordesc_meta"]))
+        self.raw = launch
+        self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see ok)
+        self.maps = {}
+
+    @staticmethod
+    def ok(run) -> bool:
+        """Whether a direct call passes what CudaLauncher.__call__ would: it allocates no scratch memory."""
+        return (isinstance(run, _nvidia.CudaLauncher) and not run.global_scratch_size
+                and not run.profile_scratch_size and hasattr(run, "launch"))
+
+    def expand(self, i: int, desc):
+        """What wrap_handle_tensordesc passes for descriptor argument i: [CUtensorMap, *shape, *strides], a pure
+        function of the metadata (fixed for this kernel and i) and the descriptor's address, shape, strides and
+        padding, so kept under those."""
+        meta = self.descs[i]
+        if meta is None:  # holds the tensor itself: nothing to keep
+            return _nvidia.make_tensordesc_arg(desc, meta)
+        key = (i, desc.base.data_ptr(), tuple(desc.shape), tuple(desc.strides), desc.padding)
+        got = self.maps.get(key)
+        if got is None:
+            if len(self.maps) >= self.CACHE:
+                self.maps.clear()
+            got = self.maps[key] = _nvidia.make_tensordesc_arg(desc, meta)
+        return got
+
+    def __call__(self, grid, stream, kernel, args, tail):
+        g1 = grid[1] if len(grid) > 1 else 1
+        g2 = grid[2] if len(grid) > 2 else 1
+        if self.descs:
+            full = []
+            at = 0
+            for i in self.descs:  # (ascending)
+                full += args[at:i]
+                full += self.expand(i, args[i])
+                at = i + 1
+            args = (*full, *args[at:])
+        self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, None, None, None,
+                 *args, *tail)
+
+
 class Launcher:
     """`Launcher(fn)[grid](*args, **kwargs)` does what `fn[grid](*args, **kwargs)` does, with less host time
     once the kernel has run with arguments of the same kind (see the module docstring)."""
 
     check = False  # also run the JIT's binding on every hit and raise if it would pick another compiled kernel
     enabled = True  # False: every launch through the JIT (same-process comparisons, benchmarks/experiments)
+    call_c = True  # False: hits call the compiled kernel's CudaLauncher as the JIT does (_Direct skipped; probes)
 
     def __init__(self, fn):
         from triton.runtime.jit import JITFunction
@@ -122,7 +204,7 @@ class Launcher:
     def _launch(self, grid, *args, **kwargs):
         if not (self.enabled and self.direct) or not isinstance(grid, tuple) or _hooked():
             return self.fn[grid](*args, **kwargs)
-        device = driver.active.get_current_device()
+        device = _cuda_device() if _cuda_up else driver.active.get_current_device()
         try:
             key = (device, _key(args), tuple(kwargs.items()))
             hit = self._cache.get(key)
@@ -130,6 +212,7 @@ class Launcher:
             return self.fn[grid](*args, **kwargs)
         if hit is None:
             kernel = self.fn[grid](*args, **kwargs)  # compiles (or finds) and launches
+            _cuda_ready()
             if key in self._unkeyed:
                 return kernel
             jit_key, bound = self._jit_key(device, args, kwargs)
@@ -139,15 +222,21 @@ class Launcher:
                 self._unkeyed.add(key)
                 return kernel
             # the parameters after the positional ones are constexprs (keyed by value) or defaults
-            self._cache[key] = (kernel, tuple(bound[p.name] for p in params), jit_key)
+            direct = _Direct(kernel.run) if _Direct.ok(kernel.run) else None
+            if direct is not None and any(i >= len(args) for i in direct.descs):
+                direct = None  # (a descriptor among the keyword arguments: never, they are constexprs)
+            self._cache[key] = (kernel, tuple(bound[p.name] for p in params), jit_key, direct)
             return kernel
-        kernel, tail, jit_key = hit
+        kernel, tail, jit_key, direct = hit
         if self.check:
             got, _ = self._jit_key(device, args, kwargs)
             if got != jit_key:
                 raise RuntimeError(f"Launcher({self.fn.__name__}): the JIT would run another compiled kernel for "
                                    f"these arguments (its key {got!r}, cached {jit_key!r})")
         stream = driver.active.get_current_stream(device)
+        if direct is not None and Launcher.call_c:
+            direct(grid, stream, kernel, args, tail)
+            return kernel
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
         kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None,
@@ -155,4 +244,4 @@ class Launcher:
         return kernel
 
 
-__all__ = ["Launcher"]
+__all__ = ["Launcher", "cdiv", "pow2"]

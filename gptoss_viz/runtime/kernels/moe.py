@@ -49,8 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-from gptoss_viz.runtime.kernels.launch import Launcher
-from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused
+from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
+from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused, rms_block
 
 
 def _decode_asm(one_multiply: bool, shared_scale: bool = False) -> str:
@@ -315,10 +315,12 @@ _down_launch = Launcher(_down_kernel)
 
 
 @triton.jit
-def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, d, TOP_K: tl.constexpr, BD: tl.constexpr,
-                      HAS_RES: tl.constexpr):
+def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, w_ptr, norm_ptr, d, eps, TOP_K: tl.constexpr,
+                      BD: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr):
     """out[t] = y[t * k] + y[t * k + 1] + ... (fp32, in slot order), in out's dtype: one token per program row.
-    With a residual, also sum[t] = res[t] + out[t], rounded to out's dtype as the block's own bf16 add rounds it."""
+    With a residual, also sum[t] = res[t] + out[t], rounded to out's dtype as the block's own bf16 add rounds it.
+    With NORM as well (one program a token: BD >= d), norm[t] = the RMSNorm of sum[t] with weight w, computed as
+    fused._rms_norm_kernel computes it (the same block and warps, so the squares add in the same order)."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     m = cols < d
@@ -329,26 +331,48 @@ def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, d, TOP_K: tl.constexpr, 
     tl.store(out_ptr + t * d + cols, acc.to(DT), mask=m)
     if HAS_RES:
         r = tl.load(res_ptr + t * d + cols, mask=m, other=0.0).to(tl.float32)
-        tl.store(sum_ptr + t * d + cols, (r + _round_to(acc, DT)).to(DT), mask=m)
+        total = (r + _round_to(acc, DT)).to(DT)
+        tl.store(sum_ptr + t * d + cols, total, mask=m)
+        if NORM:
+            xf = total.to(tl.float32)  # 0 past d
+            ms = tl.sum(xf * xf, 0) / d
+            yn = xf / tl.sqrt_rn(ms + eps)
+            w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+            tl.store(norm_ptr + t * d + cols, (w * yn).to(DT), mask=m)
 
 
 _sum_slots_launch = Launcher(_sum_slots_kernel)
 
 
-def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None):
+def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None,
+              norm: tuple[torch.Tensor, float] | None = None):
     """Step 3 of both MoE paths: y [N * k, d] fp32 -> out [N, d] in `dtype`, or with `residual` [N, d]
-    (out, residual + out) from the same launch (the block's residual add, one kernel fewer)."""
+    (out, residual + out) from the same launch (the block's residual add, one kernel fewer). With `norm`
+    (weight [d], eps) as well: (out, total, rms_norm(total, weight, eps)), the next block's input RMSNorm from the
+    same launch, equal bit for bit to fused.rms_norm_fused(total, weight, eps)."""
     A, d = y.shape
     out = torch.empty(N, d, device=y.device, dtype=dtype)
-    res = total = out
+    res = total = normed = out
     if residual is not None:
         if residual.shape != out.shape or residual.dtype != dtype:
             raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} does not match the MoE output "
                              f"{tuple(out.shape)} {dtype}")
         res = residual if residual.is_contiguous() else residual.contiguous()
         total = torch.empty_like(out)
-    _sum_slots_launch[(N, triton.cdiv(d, 1024))](y, out, res, total, d, TOP_K=A // N, BD=1024,
-                                                HAS_RES=residual is not None, num_warps=4)
+    w, eps = out, 0.0
+    if norm is not None:
+        if residual is None:
+            raise ValueError("sum_slots: `norm` needs `residual` (it normalises residual + out)")
+        w, eps = norm
+        if w.shape != (d,) or not w.is_contiguous():
+            raise ValueError(f"norm weight {tuple(w.shape)} does not match the MoE output's {d} features")
+        normed = torch.empty_like(out)
+        bd = rms_block(d)
+        _sum_slots_launch[(N, 1)](y, out, res, total, w, normed, d, float(eps), TOP_K=A // N, BD=bd,
+                                  HAS_RES=True, NORM=True, num_warps=8)
+        return out, total, normed
+    _sum_slots_launch[(N, cdiv(d, 1024))](y, out, res, total, w, normed, d, float(eps), TOP_K=A // N, BD=1024,
+                                          HAS_RES=residual is not None, NORM=False, num_warps=4)
     return out if residual is None else (out, total)
 
 
@@ -415,9 +439,11 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
               limit: float, alpha: float, configs: tuple[Tile, Tile] | None = None,
-              decode: int | None = None, residual: torch.Tensor | None = None):
+              decode: int | None = None, residual: torch.Tensor | None = None,
+              norm: tuple[torch.Tensor, float] | None = None):
     """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype;
-    with `residual` [N, d], (that, residual + that) (see sum_slots).
+    with `residual` [N, d], (that, residual + that), and with `norm` as well the RMSNorm of that sum (see
+    sum_slots).
 
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
     [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `configs` (a Tile for gate_up and one for down)
@@ -458,7 +484,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     order = s1.order  # int32; the down kernel takes it with its own tiles (the groups' row ranges are the same)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     bn1, bk1 = _fit(t1.bn, t1.bk, two_i, d)
-    _gate_up_swiglu_launch[(s1.n_tiles, triton.cdiv(two_i, bn1))](
+    _gate_up_swiglu_launch[(s1.n_tiles, cdiv(two_i, bn1))](
         x, order, gate_up_blocks, gate_up_scales, gate_up_bias, act,
         s1.tile_expert, s1.tile_start, s1.tile_end,
         d, two_i, x.stride(0), gate_up_blocks.stride(0), d // 2, gate_up_scales.stride(0), d // 32,
@@ -471,7 +497,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     bn2, bk2 = _fit(t2.bn, t2.bk, d, I)
     route_w = weight.reshape(-1).contiguous()
-    _down_launch[(s2.n_tiles, triton.cdiv(d, bn2))](
+    _down_launch[(s2.n_tiles, cdiv(d, bn2))](
         act, order, route_w, down_blocks, down_scales, down_bias, y,
         s2.tile_expert, s2.tile_start, s2.tile_end,
         I, d, act.stride(0), down_blocks.stride(0), I // 2, down_scales.stride(0), I // 32,
@@ -479,4 +505,4 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         BM=t2.bm, BN=bn2, BK=bk2, NSUB=t2.nsub, SWAP=t2.swap, DECODE=decode,
         num_warps=t2.warps, num_stages=t2.stages)
     # 3. each token's k weighted expert outputs, summed in fp32 in slot order, rounded once to x's dtype
-    return sum_slots(y, N, x.dtype, residual)
+    return sum_slots(y, N, x.dtype, residual, norm)

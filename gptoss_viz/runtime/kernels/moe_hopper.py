@@ -48,7 +48,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from gptoss_viz.runtime.kernels import verify
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
 from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile  # noqa: F401 (HopperTile: the API)
-from gptoss_viz.runtime.kernels.launch import Launcher
+from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
 log = logging.getLogger(__name__)
@@ -407,6 +407,29 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+_ROWS_FIELDS = {}  # (shape, rows, dtype, layout) -> the fields, but the base, of a descriptor from_tensor checked
+
+
+def _rows_descriptor(t: torch.Tensor, rows: int, layout):
+    """TensorDescriptor.from_tensor(t, [rows, 64], layout) for a contiguous 2-D activation tensor t, built from
+    the fields of one that from_tensor made for the same shape, dtype, box and layout, with t as its base:
+    from_tensor's checks and dataclass construction cost ~4-5 us of host time, four a call, and depend only on
+    those and on the base's 16-byte alignment, which is checked here. (No tensor is kept.)"""
+    key = (t.shape, rows, t.dtype, id(layout))  # (the entry holds the layout: its id is not reused meanwhile)
+    fields = _ROWS_FIELDS.get(key)
+    if fields is None or t.data_ptr() % 16 or not t.is_contiguous():
+        desc = TensorDescriptor.from_tensor(t, [rows, 64], layout)
+        if t.is_contiguous():
+            if len(_ROWS_FIELDS) >= 256:
+                _ROWS_FIELDS.clear()
+            _ROWS_FIELDS[key] = {n: v for n, v in desc.__dict__.items() if n != "base"}
+        return desc
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(fields)
+    desc.base = t
+    return desc
+
+
 def _weight_descriptor(cache: dict | None, t: torch.Tensor, shape: tuple[int, int], block: list[int], layout):
     """A TMA descriptor of the packed weights `t` read as `shape` (the blocks as int32 words, d / 8 or I / 8 a
     row; the scales as bytes), from `cache` while its entry for this shape and box describes t's memory. One entry
@@ -435,11 +458,12 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None,
                      residual: torch.Tensor | None = None, one_multiply: bool = False,
-                     descriptors: dict | None = None):
+                     descriptors: dict | None = None, norm: tuple[torch.Tensor, float] | None = None):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
-    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out) (moe.sum_slots).
+    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out), and with `norm`
+    (weight, eps) as well (out, residual + out, its RMSNorm) (moe.sum_slots).
     `one_multiply`: decode with one bf16 multiply a register instead of two, which is exact only if no scale is
     above 128 (weights of magnitude < 12: any trained checkpoint); the caller vouches for that
     (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there.
@@ -469,8 +493,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     xs = x.index_select(0, s.token)
     lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    _moe_hopper_launch[(triton.cdiv(two_i, bop), s.n_tiles)](
-        TensorDescriptor.from_tensor(xs, [bt, 64], lay), TensorDescriptor.from_tensor(xs, [bxk, 64], lay2),
+    _moe_hopper_launch[(cdiv(two_i, bop), s.n_tiles)](
+        _rows_descriptor(xs, bt, lay), _rows_descriptor(xs, bxk, lay2),
         _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [bop, 8], _WORDS),
         _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
@@ -480,8 +504,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         **regs)
     y = torch.empty(A, d, device=x.device, dtype=torch.float32)
     route_w = weight.reshape(-1).contiguous()
-    _moe_hopper_launch[(triton.cdiv(d, bop), s.n_tiles)](
-        TensorDescriptor.from_tensor(act, [bt, 64], lay), TensorDescriptor.from_tensor(act, [bxk, 64], lay2),
+    _moe_hopper_launch[(cdiv(d, bop), s.n_tiles)](
+        _rows_descriptor(act, bt, lay), _rows_descriptor(act, bxk, lay2),
         _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [bop, 8], _WORDS),
         _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
@@ -489,7 +513,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
         ONE_MULTIPLY=bool(one_multiply), num_warps=4,
         **regs)
-    return sum_slots(y, N, x.dtype, residual)
+    return sum_slots(y, N, x.dtype, residual, norm)
 
 
 SELF_TEST_TOLERANCE = 2e-2  # relative (Frobenius) difference from fp32 maths; bf16 rounding gives ~4e-3
