@@ -122,7 +122,7 @@ class _Direct:
     """A compiled kernel's launch without Triton 3.6's CudaLauncher.__call__ and its tensor-descriptor wrapper
     (driver.py: wrap_handle_tensordesc): the C launch function it ends in, called with what they would pass it."""
 
-    CACHE = 64  # tensor maps kept a kernel; all dropped when full
+    CACHE = 512  # tensor maps kept a kernel (a 36-layer model's weights take 72), all dropped when full
 
     def __init__(self, run):
         launch = run.launch
@@ -132,14 +132,22 @@ class _Direct:
             launch = cells["launcher"]
             self.descs = dict(zip(sorted(cells["tensordesc_indices"]), cells["tensordesc_meta"]))
         self.raw = launch
-        self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see ok)
+        self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see build)
         self.maps = {}
 
-    @staticmethod
-    def ok(run) -> bool:
-        """Whether a direct call passes what CudaLauncher.__call__ would: it allocates no scratch memory."""
-        return (isinstance(run, _nvidia.CudaLauncher) and not run.global_scratch_size
-                and not run.profile_scratch_size and hasattr(run, "launch"))
+    @classmethod
+    def build(cls, run, n_args: int) -> "_Direct | None":
+        """The direct launch of `run` (a compiled kernel's launcher), or None where it would not pass what
+        CudaLauncher.__call__ passes (scratch memory to allocate; a descriptor among the keyword arguments, which
+        are constexprs; a launcher not laid out as Triton 3.6's): such kernels keep the JIT's launcher."""
+        if not (isinstance(run, _nvidia.CudaLauncher) and not getattr(run, "global_scratch_size", 1)
+                and not getattr(run, "profile_scratch_size", 1)):
+            return None
+        try:
+            direct = cls(run)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        return None if any(i >= n_args for i in direct.descs) else direct
 
     def expand(self, i: int, desc):
         """What wrap_handle_tensordesc passes for descriptor argument i: [CUtensorMap, *shape, *strides], a pure
@@ -222,9 +230,7 @@ class Launcher:
                 self._unkeyed.add(key)
                 return kernel
             # the parameters after the positional ones are constexprs (keyed by value) or defaults
-            direct = _Direct(kernel.run) if _Direct.ok(kernel.run) else None
-            if direct is not None and any(i >= len(args) for i in direct.descs):
-                direct = None  # (a descriptor among the keyword arguments: never, they are constexprs)
+            direct = _Direct.build(kernel.run, len(args))
             self._cache[key] = (kernel, tuple(bound[p.name] for p in params), jit_key, direct)
             return kernel
         kernel, tail, jit_key, direct = hit
