@@ -62,7 +62,7 @@ KEEP_AT = 512  # prompt length at which our logits are kept to compare with tran
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring
 
-REPS_SHORT = 11  # timed calls (median) up to 1024 tokens, on both sides: there the host's drift shows (sixteenth session)
+REPS_SHORT = 11  # timed calls (median) up to 1024 tokens, both sides: there the host's drift shows (sixteenth session)
 
 
 def event_ms(fn) -> float:

@@ -180,8 +180,8 @@ def hopper():
     u8 = lambda lo, hi, *s: torch.randint(lo, hi, s, generator=g, device="cuda", dtype=torch.uint8)  # noqa: E731
     bf = lambda *s: (0.5 * torch.randn(*s, generator=g, device="cuda")).to(torch.bfloat16)  # noqa: E731
     packed = (to_hopper_order(u8(0, 256, E, 2 * I, d // 32, 16)), to_hopper_scales(u8(118, 122, E, 2 * I, d // 32)),
-              bf(E, 2 * I), to_hopper_order(u8(0, 256, E, d, I // 32, 16)), to_hopper_scales(u8(118, 122, E, d, I // 32)),
-              bf(E, d))
+              bf(E, 2 * I),
+              to_hopper_order(u8(0, 256, E, d, I // 32, 16)), to_hopper_scales(u8(118, 122, E, d, I // 32)), bf(E, d))
 
     def run(x, idx, w, **kw):
         return moe_hopper.moe_mxfp4_hopper(x, idx, w, *packed, 7.0, 1.702, descriptors=kw.pop("descriptors", None),

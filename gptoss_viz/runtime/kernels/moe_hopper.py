@@ -407,7 +407,7 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-_ROWS_FIELDS = {}  # (shape, rows, dtype, layout) -> the fields, but the base, of a descriptor from_tensor checked
+_ROWS_FIELDS = {}  # (shape, rows, dtype, id(layout)) -> the fields but the base of a descriptor from_tensor checked
 
 
 def _rows_descriptor(t: torch.Tensor, rows: int, layout):
