@@ -47,15 +47,16 @@ class HookPoint(nn.Module):
                     or _torch_module._global_backward_pre_hooks)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # nothing listens: the identity, without nn.Module's call machinery (a forward passes ~15 hook points a
-        # layer, each some microseconds of host time that the GPU may wait for); torch's own module hooks, where
-        # any are registered, still run through nn.Module.__call__
-        if (self._fns or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+        # without nn.Module's call machinery where no torch module hook is registered (a forward passes ~15 hook
+        # points a layer, each some microseconds of host time that the GPU may wait for): the identity when
+        # nothing listens, else our hook functions; torch's own module hooks, where any are registered, still run
+        # through nn.Module.__call__ (the same condition as `idle`, written out: a property call costs more here)
+        if (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
                 or self._backward_pre_hooks or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
-                or _torch_module._global_backward_pre_hooks):  # (not self.idle: a property call costs more)
+                or _torch_module._global_backward_pre_hooks):
             return super().__call__(x)
-        return x
+        return self.forward(x) if self._fns else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fn in self._fns:
