@@ -602,32 +602,19 @@ class GptOss(HookedModel):
                 "moe": summary([b.mlp.last_path for b in self.blocks])}
 
 
-_AVAILABLE = {}  # device type -> whether the kernels can run there (kernels.available; Triton importable)
-_HOPPER_MOE = {}  # (device, dtype, d, I) -> _hopper_moe_ok's answer
-
-
+@functools.lru_cache(maxsize=None)
 def _kernels_available(device: torch.device) -> bool:
     """Imported here, not at the top: the kernels package (and Triton) is touched only for CUDA tensors. Kept per
-    device type (a forward asks ~5 times a layer)."""
-    ok = _AVAILABLE.get(device.type)
-    if ok is None:
-        from gptoss_viz.runtime.kernels import available
+    device (a forward asks ~5 times a layer)."""
+    from gptoss_viz.runtime.kernels import available
 
-        ok = _AVAILABLE[device.type] = available(device)
-    return ok
+    return available(device)
 
 
+@functools.lru_cache(maxsize=None)
 def _hopper_moe_ok(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     """Whether kernels/moe_hopper.py runs this MoE (bf16 on sm_90, Triton with Gluon's Hopper API, and a Triton they
     were verified on or on which they pass their self-test: kernels/verify.py). Kept per device, dtype and shape."""
-    key = (device, dtype, d, I)
-    ok = _HOPPER_MOE.get(key)
-    if ok is None:
-        ok = _HOPPER_MOE[key] = _hopper_moe_check(device, dtype, d, I)
-    return ok
-
-
-def _hopper_moe_check(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     if device.type != "cuda" or not _kernels_available(device):
         return False
     try:
