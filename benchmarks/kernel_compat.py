@@ -82,6 +82,8 @@ def cases(arch: int) -> dict:
         "rms_norm + residual": lambda: fused.rms_norm_fused(x, torch.ones(d), 1e-5, x),
         "rope (q and k)": lambda: fused.rope_fused(q, cos, sin, kk),
         "route": lambda: fused.route_fused(torch.randn(T, E).to(bf), k),
+        "router + route": lambda: fused.router_route_fused(x, torch.randn(E, d).to(bf), torch.zeros(E).to(bf), k),
+        "k-sum (bf16 slots) + residual": lambda: moe.sum_slots(torch.zeros(T * k, d).to(bf), T, bf, x),
         "moe schedule": lambda: fused.moe_schedule_fused(idx, E, 64),
         "k-sum + residual": lambda: moe.sum_slots(torch.zeros(T * k, d), T, bf, x),
         "top-5 predictions": lambda: fused.top_predictions_fused(torch.randn(4, 201088).to(bf), 5),

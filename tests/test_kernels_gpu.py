@@ -289,6 +289,32 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("N", [37, 1023])
+def test_moe_slots_in_bf16_against_fp32_slots(N):
+    """The down kernels write each token's k weighted expert outputs in bf16 (half the traffic of fp32, which
+    they wrote before): against fp32 slots the sum moves by at most bf16's own resolution, both stay no worse than
+    the reference path, and moe.py's and the Hopper kernels still agree."""
+    from gptoss_viz.runtime.kernels.moe import moe_mxfp4
+
+    d, I, E, k = 2880, 2880, 32, 4
+    moe = random_moe(d, I, E, k, seed=N)
+    x, idx, weight = routed_inputs(N, d, E, k)
+    ex = moe.experts
+    args = (x, idx, weight, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha)
+    slots16, slots32 = moe_mxfp4(*args), moe_mxfp4(*args, slot_dtype=torch.float32)
+    with torch.no_grad():
+        ref = moe.combine(x, idx, weight)
+    exact = moe_exact(moe, x, idx, weight)
+    check_no_worse(slots16, ref, exact, f"bf16 slots N={N}")
+    check_no_worse(slots32, ref, exact, f"fp32 slots N={N}")
+    # two roundings of the same sums to bf16 differ by at most its resolution (2^-8 relative)
+    assert rel_err(slots16, slots32) <= 2.0 ** -8, "bf16 slots moved the sum beyond bf16's resolution"
+    assert not torch.equal(slots16, slots32) or N < 64, "the slot dtype changed nothing (was it passed on?)"
+    assert rel_err(hopper_moe(moe, x, idx, weight), slots16) <= REL_FLOOR, "Hopper and moe.py kernels disagree"
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
 @pytest.mark.parametrize("one_multiply,scales", [(False, (1, 252)), (True, (0, 128))])
 def test_hopper_decode_is_exact(one_multiply, scales):
     """moe_hopper's decode as its wgmma reads it, bit for bit against mxfp4_dequant: rows of all 256 byte values
@@ -669,19 +695,21 @@ def test_top_predictions_fused_matches_topk_and_softmax(V):
 
 
 @interpretable
+@pytest.mark.parametrize("y_dtype", [torch.float32, DTYPE])
 @pytest.mark.parametrize("N,k,d", [(1, 4, 2880), (37, 4, 100), (300, 2, 1030)])
-def test_sum_slots_with_residual(N, k, d):
+def test_sum_slots_with_residual(N, k, d, y_dtype):
     """The MoE's last step with the block's residual add in the same launch: the output as without it, and the sum
-    equal to the block's own `residual + out` bit for bit."""
+    equal to the block's own `residual + out` bit for bit. The slots in fp32 or, as the MoE kernels write them,
+    in the activation dtype: either way summed in fp32."""
     from gptoss_viz.runtime.kernels.moe import sum_slots
 
     g = torch.Generator(device=DEVICE).manual_seed(N)
-    y = torch.randn(N * k, d, generator=g, device=DEVICE)
+    y = torch.randn(N * k, d, generator=g, device=DEVICE).to(y_dtype)
     r = (8 * torch.randn(N, d, generator=g, device=DEVICE)).to(DTYPE)
     alone = sum_slots(y, N, DTYPE)
-    ref = y.view(N, k, d)[:, 0].clone()
+    ref = y.view(N, k, d)[:, 0].float().clone()  # (a copy: .float() of fp32 y is y itself)
     for j in range(1, k):  # fp32, in slot order
-        ref += y.view(N, k, d)[:, j]
+        ref += y.view(N, k, d)[:, j].float()
     assert torch.equal(alone, ref.to(DTYPE)), "the slot sum differs from fp32 in slot order, rounded once"
     out, total = sum_slots(y, N, DTYPE, residual=r)
     assert torch.equal(out, alone), "the output changed with a residual"
@@ -874,6 +902,83 @@ def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
     assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
     assert n_plain == 1 + cfg.num_hidden_layers, f"{n_plain} RMSNorm launches: the first input norm and one a block"
     assert seen, "the hooks never ran"
+
+
+@interpretable
+@pytest.mark.parametrize("T,E,k,d", [(1, 32, 4, 2880), (37, 32, 4, 2880), (300, 32, 4, 200), (65, 128, 4, 256),
+                                     (20, 8, 2, 64)])
+def test_router_route_fused_matches_router_and_route(T, E, k, d):
+    """The router's linear and route in one launch: the logits within an ulp of the fp32 dot (only the order of
+    the sum differs from F.linear's), and the experts and weights route_fused's choice from those logits, bit for
+    bit. Leading dimensions pass through; bad arguments are refused."""
+    from gptoss_viz.runtime.kernels.fused import route_fused, router_route_fused
+
+    g = torch.Generator(device=DEVICE).manual_seed(T + E + d)
+    h = torch.randn(T, d, generator=g, device=DEVICE).to(DTYPE)
+    rw = (torch.randn(E, d, generator=g, device=DEVICE) / d ** 0.5).to(DTYPE)
+    rb = (0.1 * torch.randn(E, generator=g, device=DEVICE)).to(DTYPE)
+    logits, idx, weight = router_route_fused(h, rw, rb, k)
+    exact = h.float() @ rw.float().T + rb.float()
+    step = 2.0 ** -7 if DTYPE == torch.bfloat16 else 2.0 ** -10  # one ulp relative, at the top of a binade
+    assert logits.dtype == DTYPE and logits.shape == (T, E)
+    assert ((logits.float() - exact).abs() <= exact.abs() * step + 1e-6).all(), "logits off by more than one ulp"
+    linear = torch.nn.functional.linear(h.float(), rw.float(), rb.float()).to(DTYPE)
+    assert (logits == linear).float().mean() > 0.95, "the logits are not mostly F.linear's, rounded"
+    want_idx, want_w = route_fused(logits, k)
+    assert torch.equal(idx, want_idx) and torch.equal(weight, want_w), "the choice differs from route_fused's"
+    got = router_route_fused(h.view(1, T, d), rw, rb, k)
+    assert [tuple(t.shape) for t in got] == [(1, T, E), (1, T, k), (1, T, k)]
+    assert torch.equal(got[0].view(T, E), logits) and torch.equal(got[1].view(T, k), idx)
+    with pytest.raises(ValueError, match="k="):
+        router_route_fused(h, rw, rb, E + 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        router_route_fused(h[:, :-1], rw, rb, k)
+    with pytest.raises(ValueError, match="do not fit"):
+        router_route_fused(h, rw, rb.float(), k)
+
+
+@pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
+def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
+    """The fast path takes each block's router logits and choice from router_route_fused: one launch a block in
+    place of three, the model's logits as with the cuBLAS router and route launches (within bf16: the router's
+    dot sums in another order), and a hook on the router logits still decides the experts, whether it returns new
+    logits or writes them in place."""
+    from gptoss_viz.runtime import gptoss
+    from gptoss_viz.runtime.kernels import fused
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=2, vocab_size=2048)
+    model = random_packed_model(cfg, "cuda", seed=6)
+    model.prepare_kernels()
+    ids = torch.randint(0, cfg.vocab_size, (300,), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    calls = []
+    real = fused.router_route_fused
+    monkeypatch.setattr(fused, "router_route_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.inference_mode():
+        fast = model(ids)
+        assert len(calls) == cfg.num_hidden_layers, calls
+        with monkeypatch.context() as m:
+            m.setattr(gptoss.MoE, "routing_fused_ok", lambda self, x: False)
+            apart = model(ids)
+        assert len(calls) == cfg.num_hidden_layers, "router_route_fused ran with the fusion turned off"
+        err = rel_err(fast, apart)
+        top1 = (fast.argmax(-1) == apart.argmax(-1)).float().mean().item()
+        assert err < 0.05 and top1 > 0.9, f"logits differ by {err:.3g} (relative), top-1 agrees {top1:.3f}"
+
+        def favour_last(x, hook):  # a new tensor: the last k experts win every token
+            return x + torch.where(torch.arange(cfg.num_local_experts, device="cuda") >= cfg.num_local_experts
+                                   - cfg.num_experts_per_tok, 1e3, 0.0).to(x.dtype)
+
+        def favour_first_in_place(x, hook):
+            x[..., : cfg.num_experts_per_tok] += 1e3
+
+        want_last = set(range(cfg.num_local_experts - cfg.num_experts_per_tok, cfg.num_local_experts))
+        for fn, want in ((favour_last, want_last), (favour_first_in_place, set(range(cfg.num_experts_per_tok)))):
+            seen = {}
+            with model.hooks([("blocks.1.mlp.hook_router_logits", fn),
+                              ("blocks.1.mlp.hook_expert_idx", lambda x, hook: seen.setdefault("idx", x.clone()))]):
+                model(ids)
+            assert set(seen["idx"].unique().tolist()) == want, (fn.__name__, seen["idx"].unique().tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -388,18 +388,35 @@ class MoE(nn.Module):
 
         return moe_mxfp4
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: "RMSNorm | None" = None):
+    def routing_fused_ok(self, x: torch.Tensor) -> bool:
+        """Whether Block's fast path may compute this router's logits and its choice in one launch
+        (fused.router_route_fused): fast path on, and no torch module hook on the router that its call would run."""
+        if not _fused_ok(self.use_kernels, x):
+            return False
+        from gptoss_viz.runtime.kernels.fused import router_route_ok
+
+        r = self.router
+        return router_route_ok(x, r.weight, r.bias) and not (r._forward_hooks or r._forward_pre_hooks)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: "RMSNorm | None" = None,
+                routed: tuple | None = None):
         """x [T, d] -> the experts' weighted sum [T, d]; with `residual` [T, d], residual + that sum (the
         block's residual add, which the fast path does in the launch that sums the experts' outputs). With `norm`
         as well (the RMSNorm that follows the block): (residual + sum, norm of it), the second from that same
-        launch where the fast path ran and hook_out left the sum as it was, else None."""
-        logits = self.hook_router_logits(self.router(x))  # [T, E], bias included, before top-k
-        if _fused_ok(self.use_kernels, logits):  # the same top-k and softmax in one launch
-            from gptoss_viz.runtime.kernels.fused import route_fused
-
-            idx, weight = route_fused(logits, self.k)
+        launch where the fast path ran and hook_out left the sum as it was, else None. `routed`: (router logits,
+        idx, weight) already computed from x (Block's fast path, fused.router_route_fused); they go through the same
+        hooks; where a hook listens to the logits, the experts are chosen again from what it leaves (it may
+        replace them, or write them in place), in the same way."""
+        if routed is not None and self.hook_router_logits.idle:
+            _, idx, weight = routed  # the launch that computed the logits chose the experts from them
         else:
-            idx, weight = route(logits, self.k)  # [T, k] each
+            logits = self.hook_router_logits(self.router(x) if routed is None else routed[0])  # [T, E], before top-k
+            if _fused_ok(self.use_kernels, logits):  # the same top-k and softmax in one launch
+                from gptoss_viz.runtime.kernels.fused import route_fused
+
+                idx, weight = route_fused(logits, self.k)
+            else:
+                idx, weight = route(logits, self.k)  # [T, k] each
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
         kernel = self._kernel(x)
@@ -474,9 +491,15 @@ class Block(nn.Module):
                 normed = rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps)
             a = self.attn(normed, cos, sin, window)
             h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
+            mlp = self.mlp
+            routed = None
+            if mlp.routing_fused_ok(h):  # the router and its choice in one launch
+                from gptoss_viz.runtime.kernels.fused import router_route_fused
+
+                routed = router_route_fused(h, mlp.router.weight, mlp.router.bias, mlp.k)
             if next_norm is not None and self.hook_resid_post.idle:
-                return self.mlp(h, residual=x, norm=next_norm)
-            x = self.hook_resid_post(self.mlp(h, residual=x))
+                return mlp(h, residual=x, norm=next_norm, routed=routed)
+            x = self.hook_resid_post(mlp(h, residual=x, routed=routed))
             return x if next_norm is None else (x, None)
         x = x + self.attn(self.input_layernorm(x), cos, sin, window)
         x = x + self.mlp(self.post_attention_layernorm(x))

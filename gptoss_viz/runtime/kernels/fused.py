@@ -16,6 +16,8 @@ of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of th
   one single-program kernel.
 - `route_fused`: gptoss.route (the top k router logits of each token and the softmax over them) in one launch,
   where torch's topk and softmax took three kernels.
+- `router_route_fused`: the router's linear and route in one launch, where the fast path took three kernels
+  (cuBLAS's split-K GEMM and its reduction, route).
 """
 
 from __future__ import annotations
@@ -226,19 +228,14 @@ def moe_schedule_fused(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSc
 
 
 @triton.jit
-def _route_kernel(x_ptr, idx_ptr, w_ptr, T, E, stride_x, K: tl.constexpr, BT: tl.constexpr, EP: tl.constexpr,
-                  KP: tl.constexpr, EXPF: tl.constexpr):
-    """BT tokens: the K largest of each row's E logits, largest first (equal values: lower column first), and the
-    softmax over them in fp32 as torch computes it (exp(v - max) with libdevice's expf, as CUDA's expf, unless
-    EXPF is off for Triton's interpreter, which has no libdevice; over their sum, IEEE division), rounded to the
-    logits' dtype."""
-    rows = tl.program_id(0) * BT + tl.arange(0, BT)
-    cols = tl.arange(0, EP)
-    rmask = rows < T
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :],
-                mask=rmask[:, None] & (cols < E)[None, :], other=float("-inf")).to(tl.float32)
+def _top_k_softmax(x, rows, rmask, cols, E, idx_ptr, w_ptr, K: tl.constexpr, KP: tl.constexpr, EXPF: tl.constexpr):
+    """x [BT, EP] fp32 logits (-inf past E) of rows: the K largest of each row, largest first (equal values: lower
+    column first) into idx_ptr [T, K], and the softmax over them in fp32 as torch computes it (exp(v - max) with
+    libdevice's expf, as CUDA's expf, unless EXPF is off for Triton's interpreter, which has no libdevice; over
+    their sum, IEEE division), rounded to w_ptr's dtype."""
+    EP: tl.constexpr = x.shape[1]
     slots = tl.arange(0, KP)
-    top = tl.zeros([BT, KP], dtype=tl.float32)
+    top = tl.zeros([x.shape[0], KP], dtype=tl.float32)
     for j in tl.static_range(K):
         v = tl.max(x, 1)  # [BT]
         i = tl.min(tl.where(x == v[:, None], cols[None, :], EP), 1)  # the first column holding it
@@ -255,6 +252,18 @@ def _route_kernel(x_ptr, idx_ptr, w_ptr, T, E, stride_x, K: tl.constexpr, BT: tl
     w = tl.math.div_rn(e, tl.sum(e, 1)[:, None])
     tl.store(w_ptr + rows[:, None].to(tl.int64) * K + slots[None, :], w.to(w_ptr.dtype.element_ty),
              mask=rmask[:, None] & (slots[None, :] < K))
+
+
+@triton.jit
+def _route_kernel(x_ptr, idx_ptr, w_ptr, T, E, stride_x, K: tl.constexpr, BT: tl.constexpr, EP: tl.constexpr,
+                  KP: tl.constexpr, EXPF: tl.constexpr):
+    """BT tokens' logits -> _top_k_softmax."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.arange(0, EP)
+    rmask = rows < T
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :],
+                mask=rmask[:, None] & (cols < E)[None, :], other=float("-inf")).to(tl.float32)
+    _top_k_softmax(x, rows, rmask, cols, E, idx_ptr, w_ptr, K, KP, EXPF)
 
 
 _route_launch = Launcher(_route_kernel)
@@ -278,6 +287,77 @@ def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
         return idx, weight
     shape = (*logits.shape[:-1], k)
     return idx.view(shape), weight.view(shape)
+
+
+@triton.jit
+def _router_route_kernel(h_ptr, rw_ptr, rb_ptr, logit_ptr, idx_ptr, wt_ptr, T, D, E, stride_h,
+                         K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr, KP: tl.constexpr,
+                         EXPF: tl.constexpr):
+    """BT tokens: the router's logits h W^T + b (tensor-core dots over BD-wide chunks of the hidden size, fp32
+    accumulation, rounded once to h's dtype as the half-precision linear rounds them) and _top_k_softmax of those
+    rounded logits."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    rmask = rows < T
+    r64 = rows.to(tl.int64)
+    ecols = tl.arange(0, EP)
+    emask = ecols < E
+    acc = tl.zeros([BT, EP], dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        cols = d0 + tl.arange(0, BD)
+        cmask = cols < D
+        h = tl.load(h_ptr + r64[:, None] * stride_h + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        w = tl.load(rw_ptr + ecols[None, :].to(tl.int64) * D + cols[:, None], mask=cmask[:, None] & emask[None, :],
+                    other=0.0)  # [BD, EP]: a chunk of W^T
+        acc = tl.dot(h, w, acc)
+    DT = logit_ptr.dtype.element_ty
+    b = tl.load(rb_ptr + ecols, mask=emask, other=0.0).to(tl.float32)
+    logits = (acc + b[None, :]).to(DT)
+    tl.store(logit_ptr + r64[:, None] * E + ecols[None, :], logits, mask=rmask[:, None] & emask[None, :])
+    z = tl.where(emask[None, :], logits.to(tl.float32), float("-inf"))
+    _top_k_softmax(z, rows, rmask, ecols, E, idx_ptr, wt_ptr, K, KP, EXPF)
+
+
+_router_route_launch = Launcher(_router_route_kernel)
+
+
+def router_route_ok(h: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor) -> bool:
+    """Whether router_route_fused takes h [..., d] and this router (weight [E, d] with E <= 256, bias [E]): half
+    precision, the router's weights in h's dtype."""
+    return (h.dtype in (torch.bfloat16, torch.float16) and router_weight.dtype == h.dtype
+            and router_bias.dtype == h.dtype and router_weight.dim() == 2 and router_weight.shape[1] == h.shape[-1]
+            and router_weight.shape[0] <= 256 and router_weight.is_contiguous()
+            and router_bias.shape == router_weight.shape[:1])
+
+
+def router_route_fused(h: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor, k: int):
+    """The router's linear and gptoss.route in one launch: h [..., d] -> (logits [..., E] in h's dtype, idx
+    [..., k] int64, weight [..., k] in h's dtype), where the fast path took three kernels (cuBLAS's split-K GEMM
+    and its reduction, then route_fused). The logits are F.linear(h, router_weight, router_bias) with the same
+    products summed in another order (within the rounding of h's dtype); idx and weight are route_fused's choice
+    from these logits, bit for bit."""
+    E, D = router_weight.shape
+    if not 1 <= k <= E:
+        raise ValueError(f"router_route_fused: k={k} must be between 1 and the {E} experts")
+    if not router_route_ok(h, router_weight, router_bias):
+        raise ValueError(f"router_route_fused: h {tuple(h.shape)} {h.dtype} and router {tuple(router_weight.shape)} "
+                         f"{router_weight.dtype} / bias {tuple(router_bias.shape)} {router_bias.dtype} do not fit")
+    h2 = h if h.dim() == 2 else h.reshape(-1, D)
+    h2 = h2 if h2.stride(-1) == 1 else h2.contiguous()
+    T = h2.shape[0]
+    logits = torch.empty(T, E, device=h.device, dtype=h.dtype)
+    idx = torch.empty(T, k, device=h.device, dtype=torch.int64)
+    weight = torch.empty(T, k, device=h.device, dtype=h.dtype)
+    # tiles from benchmarks/experiments/router_probe.py (H200, 20b's router): 16 rows a program, the smallest
+    # tensor-core tile, up to 2048 tokens (7.7-7.9 us at 128 and 1024 tokens, as cuBLAS's linear and route_fused
+    # together), 32 above (at 4096 tokens 9.8 us, 16 rows 11.8, cuBLAS and route_fused 8.4)
+    BT = 16 if T <= 2048 else 32
+    _router_route_launch[(cdiv(T, BT),)](h2, router_weight, router_bias, logits, idx, weight, T, D, E, h2.stride(0),
+                                         K=k, BT=BT, BD=256, EP=max(16, pow2(E)), KP=pow2(k),
+                                         EXPF=not _INTERPRETED, num_warps=4, num_stages=3)
+    if h.dim() == 2:
+        return logits, idx, weight
+    lead = h.shape[:-1]
+    return logits.view(*lead, E), idx.view(*lead, k), weight.view(*lead, k)
 
 
 @triton.jit

@@ -14,9 +14,10 @@ the expert's packed weights (uint8 blocks + E8M0 scales, the checkpoint's own la
 registers once for all its sub-tiles before the tensor-core dots. Accumulation is fp32.
   1. gate_up: rows are gathered from x by token; + bias, then the clamped SwiGLU on the interleaved gate/up
      columns (2j = gate_j, 2j+1 = up_j) before anything is written: out [A, I].
-  2. down: + bias, times the routing weight, written in fp32 to the assignment's own row (t * k + j), so the
-     k contributions of a token are summed afterwards in a fixed order (deterministic, no atomics), by
-  3. _sum_slots_kernel, which rounds the sum once to the activation dtype.
+  2. down: + bias, times the routing weight (fp32), rounded to the activation dtype in the assignment's own row
+     (t * k + j), so the k contributions of a token are summed afterwards in a fixed order (deterministic, no
+     atomics), by
+  3. _sum_slots_kernel, which sums them in fp32 and rounds the sum once to the activation dtype.
 
 MXFP4 decoding (OCP Microscaling spec v1.0; mxfp4.py is the reference), three variants, each tested bit for bit
 against mxfp4_dequant over every byte and scale of its range (tests/test_kernels_gpu.py):
@@ -272,10 +273,11 @@ _gate_up_swiglu_launch = Launcher(_gate_up_swiglu_kernel)
 
 @triton.jit
 def _weighted_store(acc, rm, mask_m, bias, order_ptr, route_w_ptr, rn, mask_n, y_ptr, stride_ym):
-    """+ bias, times each row's routing weight, stored in fp32 to the row's assignment t * k + j of y."""
+    """+ bias, times each row's routing weight (in fp32), stored in y's dtype to the row's assignment t * k + j."""
     dest = tl.load(order_ptr + rm, mask=mask_m, other=0).to(tl.int64)  # assignment id t * k + j of each row
     y = (acc + bias[None, :]) * tl.load(route_w_ptr + dest, mask=mask_m, other=0.0).to(tl.float32)[:, None]
-    tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y, mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(y_ptr + dest[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -324,9 +326,9 @@ def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, w_ptr, norm_ptr, d, eps,
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BD + tl.arange(0, BD)
     m = cols < d
-    acc = tl.load(y_ptr + t * TOP_K * d + cols, mask=m, other=0.0)
+    acc = tl.load(y_ptr + t * TOP_K * d + cols, mask=m, other=0.0).to(tl.float32)
     for j in tl.static_range(1, TOP_K):
-        acc += tl.load(y_ptr + (t * TOP_K + j) * d + cols, mask=m, other=0.0)
+        acc += tl.load(y_ptr + (t * TOP_K + j) * d + cols, mask=m, other=0.0).to(tl.float32)
     DT = out_ptr.dtype.element_ty
     tl.store(out_ptr + t * d + cols, acc.to(DT), mask=m)
     if HAS_RES:
@@ -346,7 +348,7 @@ _sum_slots_launch = Launcher(_sum_slots_kernel)
 
 def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None,
               norm: tuple[torch.Tensor, float] | None = None):
-    """Step 3 of both MoE paths: y [N * k, d] fp32 -> out [N, d] in `dtype`, or with `residual` [N, d]
+    """Step 3 of both MoE paths: y [N * k, d] (the activation dtype, or fp32) -> out [N, d] in `dtype`, or with `residual` [N, d]
     (out, residual + out) from the same launch (the block's residual add, one kernel fewer). With `norm`
     (weight [d], eps) as well: (out, total, rms_norm(total, weight, eps)), the next block's input RMSNorm from the
     same launch, equal bit for bit to fused.rms_norm_fused(total, weight, eps)."""
@@ -440,7 +442,7 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
               limit: float, alpha: float, configs: tuple[Tile, Tile] | None = None,
               decode: int | None = None, residual: torch.Tensor | None = None,
-              norm: tuple[torch.Tensor, float] | None = None):
+              norm: tuple[torch.Tensor, float] | None = None, slot_dtype: torch.dtype | None = None):
     """x [N, d] (bf16/fp16), idx/weight [N, k] -> sum_j weight[:, j] * expert_{idx[:, j]}(x), [N, d] in x.dtype;
     with `residual` [N, d], (that, residual + that), and with `norm` as well the RMSNorm of that sum (see
     sum_slots).
@@ -448,7 +450,8 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     Weights as the checkpoint stores them: blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8, scales
     [E, 2I, d/32] / [E, d, I/32] uint8, biases [E, 2I] / [E, d]. `configs` (a Tile for gate_up and one for down)
     overrides the tables, and `decode` (0, 2 or 3, see the module docstring) the default_decode choice, for
-    tuning sweeps and tests.
+    tuning sweeps and tests. `slot_dtype`: the dtype the down kernel writes each token's k weighted expert outputs
+    in, which step 3 sums in fp32 (default x's; torch.float32 for comparisons).
     """
     N, d = x.shape
     k = idx.shape[-1]
@@ -492,9 +495,11 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         TOP_K=k, BM=t1.bm, BN=bn1, BK=bk1, NSUB=t1.nsub, SWAP=t1.swap, DECODE=decode,
         num_warps=t1.warps, num_stages=t1.stages)
 
-    # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d] (fp32)
+    # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d], rounded to x's dtype:
+    # y is written once and read once (by step 3) at every layer, and in fp32 that traffic was ~0.5 ms of a
+    # 1024-token 20b forward; the reference path rounds each expert's output to x's dtype too (twice)
     s2 = schedule(t2)
-    y = torch.empty(A, d, device=x.device, dtype=torch.float32)
+    y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)
     bn2, bk2 = _fit(t2.bn, t2.bk, d, I)
     route_w = weight.reshape(-1).contiguous()
     _down_launch[(s2.n_tiles, cdiv(d, bn2))](

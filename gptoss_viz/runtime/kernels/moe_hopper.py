@@ -264,7 +264,7 @@ def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_s
 def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase, stride_om,
               limit, alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BO: gl.constexpr):
     """acc [BO features, BT rows] -> gate_up: + bias, clamped SwiGLU, to rows start.. of out [A, N/2]; down: + bias,
-    times the routing weight, in fp32 to each row's assignment row of out [A, N]."""
+    times the routing weight (in fp32), to each row's assignment row of out [A, N] in out's dtype."""
     NW: gl.constexpr = gl.num_warps()
     acc = gl.permute(acc, (1, 0))  # [BT, BO]
     if GATE_UP:
@@ -295,7 +295,7 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
         rw = gl.load(route_w_ptr + dest, mask=m_o, other=0.0).to(gl.float32)
         y = (y + gl.expand_dims(bias, 0)) * gl.expand_dims(rw, 1)
         ptrs = out_ptr + gl.expand_dims(dest * stride_om, 1) + gl.expand_dims(rn, 0)
-        gl.store(ptrs, y, mask=gl.expand_dims(m_o, 1) & gl.expand_dims(rn < N, 0))
+        gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(m_o, 1) & gl.expand_dims(rn < N, 0))
 
 
 @gluon.jit
@@ -458,7 +458,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None,
                      residual: torch.Tensor | None = None, one_multiply: bool = False,
-                     descriptors: dict | None = None, norm: tuple[torch.Tensor, float] | None = None):
+                     descriptors: dict | None = None, norm: tuple[torch.Tensor, float] | None = None,
+                     slot_dtype: torch.dtype | None = None):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
@@ -468,7 +469,9 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     above 128 (weights of magnitude < 12: any trained checkpoint); the caller vouches for that
     (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there.
     `descriptors`: a dict the caller keeps with the weights (gptoss.Experts) in which the weights' TMA descriptors
-    are built once and reused while the weights stay where they are (~5 us of host time each, four a call)."""
+    are built once and reused while the weights stay where they are (~5 us of host time each, four a call).
+    `slot_dtype`: the dtype of the k weighted expert outputs a token, summed by sum_slots (default x's, as
+    moe.moe_mxfp4's; torch.float32 for comparisons)."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -502,7 +505,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
         ONE_MULTIPLY=bool(one_multiply), num_warps=4,
         **regs)
-    y = torch.empty(A, d, device=x.device, dtype=torch.float32)
+    y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)  # (moe.moe_mxfp4: why not fp32)
     route_w = weight.reshape(-1).contiguous()
     _moe_hopper_launch[(cdiv(d, bop), s.n_tiles)](
         _rows_descriptor(act, bt, lay), _rows_descriptor(act, bxk, lay2),
