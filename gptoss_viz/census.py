@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from gptoss_viz.errors import GptOssVizError
+from gptoss_viz.runtime.hooks import observer
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ def batch_stats(model, ids_list: list[list[int]], labels: list[str]) -> dict[str
     cap: dict[str, list] = defaultdict(lambda: [None] * L)
 
     def grab(key, fn=lambda x: x):
+        @observer
         def hook(x, h):
             cap[key][int(h.name.split(".")[1])] = fn(x)
         return hook

@@ -26,6 +26,7 @@ from gptoss_viz.errors import InputError
 from gptoss_viz.runtime.configs import GptOssConfig
 from gptoss_viz.runtime.gpt2 import causal_attention
 from gptoss_viz.runtime.gptoss import attention_with_sinks
+from gptoss_viz.runtime.hooks import observer
 
 TOP_K_PREDICTIONS = 5
 QK_KEEP_BYTES = 64 << 20  # keep every layer's q/k for on-request head patterns only below this size
@@ -193,6 +194,7 @@ def run_trace(model, text: str, chat: bool = False, max_tokens: int | None = Non
         red["first"][i], red["dist"][i] = pattern_map_reductions(p, edges_dev)
 
     def grab(key, fn=lambda x: x):
+        @observer
         def hook_fn(x, hook):
             red[key][layer_of(hook)] = fn(x)
         return hook_fn

@@ -295,6 +295,31 @@ def test_unhooked_hookpoint_is_identity_on_the_same_object(gptoss):
     assert not hp_model.active
 
 
+def test_observed_only_needs_every_hook_marked_an_observer():
+    """HookPoint.observed_only (the fast path may keep what it computed from the tensor): true with no hook or only
+    hooks marked by hooks.observer; false with any other hook function, or any torch module hook."""
+    from gptoss_viz.runtime.hooks import observer
+
+    hp = HookPoint("[T, E]")
+    assert hp.observed_only
+    seen = []
+    watch = observer(lambda t, hook: seen.append(t.shape))
+    assert watch.observes
+    hp._fns.append(watch)
+    assert hp.observed_only and hp.active and not hp.idle
+    hp._fns.append(lambda t, hook: None)  # unmarked: it might write in place
+    assert not hp.observed_only
+    hp._fns.pop()
+    handle = hp.register_forward_hook(lambda mod, args, out: None)
+    try:
+        assert not hp.observed_only
+    finally:
+        handle.remove()
+    assert hp.observed_only
+    x = torch.randn(2, 3)
+    assert hp(x) is x and seen == [x.shape]
+
+
 def test_torch_module_hooks_on_a_hookpoint_still_run():
     """An unhooked HookPoint skips nn.Module's call machinery; torch's own hooks, on the module or global, still
     run (they need that machinery), and so do ours alongside them."""

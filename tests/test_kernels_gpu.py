@@ -972,6 +972,23 @@ def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
         def favour_first_in_place(x, hook):
             x[..., : cfg.num_experts_per_tok] += 1e3
 
+        # an observer of the logits (the Trace's hooks) leaves the launch's choice in place: no route launch
+        from gptoss_viz.runtime.hooks import observer
+
+        routes, real_route = [], fused.route_fused
+        m_route = pytest.MonkeyPatch()
+        m_route.setattr(fused, "route_fused", lambda *a, **kw: routes.append(1) or real_route(*a, **kw))
+        try:
+            got = {}
+            with model.hooks([("blocks.1.mlp.hook_router_logits", observer(lambda x, hook: got.setdefault("l", x)))]):
+                assert torch.equal(model(ids), fast), "an observing hook changed the logits"
+            assert "l" in got and not routes, f"{len(routes)} route launches with an observer"
+            with model.hooks([("blocks.1.mlp.hook_router_logits", lambda x, hook: None)]):
+                assert torch.equal(model(ids), fast), "a hook that changes nothing changed the logits"
+            assert len(routes) == 1, "an unmarked hook's logits were not routed again"
+        finally:
+            m_route.undo()
+
         want_last = set(range(cfg.num_local_experts - cfg.num_experts_per_tok, cfg.num_local_experts))
         for fn, want in ((favour_last, want_last), (favour_first_in_place, set(range(cfg.num_experts_per_tok)))):
             seen = {}

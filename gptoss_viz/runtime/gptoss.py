@@ -405,10 +405,11 @@ class MoE(nn.Module):
         as well (the RMSNorm that follows the block): (residual + sum, norm of it), the second from that same
         launch where the fast path ran and hook_out left the sum as it was, else None. `routed`: (router logits,
         idx, weight) already computed from x (Block's fast path, fused.router_route_fused); they go through the same
-        hooks; where a hook listens to the logits, the experts are chosen again from what it leaves (it may
-        replace them, or write them in place), in the same way."""
-        if routed is not None and self.hook_router_logits.idle:
-            _, idx, weight = routed  # the launch that computed the logits chose the experts from them
+        hooks; where a hook other than an observer (hooks.observer) listens to the logits, the experts are chosen
+        again from what it leaves (it may replace them, or write them in place), in the same way."""
+        if routed is not None and self.hook_router_logits.observed_only:
+            logits, idx, weight = routed  # the launch that computed the logits chose the experts from them
+            self.hook_router_logits(logits)
         else:
             logits = self.hook_router_logits(self.router(x) if routed is None else routed[0])  # [T, E], before top-k
             if _fused_ok(self.use_kernels, logits):  # the same top-k and softmax in one launch

@@ -22,6 +22,14 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
 
 
+def observer(fn: HookFn) -> HookFn:
+    """Mark a hook function as an observer: it returns None and does not write to the tensor it is given (it may
+    keep it, or values computed from it). The model may then use what it computed from that tensor before the
+    hook ran (HookPoint.observed_only). Returns fn."""
+    fn.observes = True
+    return fn
+
+
 class HookPoint(nn.Module):
     """Identity at a named activation; `shape` documents it for one sequence (letters as in the model legend)."""
 
@@ -45,6 +53,16 @@ class HookPoint(nn.Module):
                     or self._backward_pre_hooks or _torch_module._global_forward_hooks
                     or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
                     or _torch_module._global_backward_pre_hooks)
+
+    @property
+    def observed_only(self) -> bool:
+        """True while calling it leaves its input as it is: every hook function here is marked an observer
+        (`observer`) and no torch module hook is registered. What the model computed from the input alongside it
+        (the fast path) then stays valid."""
+        return all(getattr(fn, "observes", False) for fn in self._fns) and not (
+            self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
+            or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+            or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # without nn.Module's call machinery where no torch module hook is registered (a forward passes ~15 hook
