@@ -980,7 +980,8 @@ def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
         m_route.setattr(fused, "route_fused", lambda *a, **kw: routes.append(1) or real_route(*a, **kw))
         try:
             got = {}
-            with model.hooks([("blocks.1.mlp.hook_router_logits", observer(lambda x, hook: got.setdefault("l", x)))]):
+            watch = observer(lambda x, hook: got.setdefault("l", x))
+            with model.hooks([("blocks.1.mlp.hook_router_logits", watch)]):
                 assert torch.equal(model(ids), fast), "an observing hook changed the logits"
             assert "l" in got and not routes, f"{len(routes)} route launches with an observer"
             with model.hooks([("blocks.1.mlp.hook_router_logits", lambda x, hook: None)]):

@@ -348,10 +348,10 @@ _sum_slots_launch = Launcher(_sum_slots_kernel)
 
 def sum_slots(y: torch.Tensor, N: int, dtype: torch.dtype, residual: torch.Tensor | None = None,
               norm: tuple[torch.Tensor, float] | None = None):
-    """Step 3 of both MoE paths: y [N * k, d] (the activation dtype, or fp32) -> out [N, d] in `dtype`, or with `residual` [N, d]
-    (out, residual + out) from the same launch (the block's residual add, one kernel fewer). With `norm`
-    (weight [d], eps) as well: (out, total, rms_norm(total, weight, eps)), the next block's input RMSNorm from the
-    same launch, equal bit for bit to fused.rms_norm_fused(total, weight, eps)."""
+    """Step 3 of both MoE paths: y [N * k, d] (the activation dtype, or fp32) -> out [N, d] in `dtype` (summed in
+    fp32), or with `residual` [N, d] (out, residual + out) from the same launch (the block's residual add, one
+    kernel fewer). With `norm` (weight [d], eps) as well: (out, total, rms_norm(total, weight, eps)), the next
+    block's input RMSNorm from the same launch, equal bit for bit to fused.rms_norm_fused(total, weight, eps)."""
     A, d = y.shape
     out = torch.empty(N, d, device=y.device, dtype=dtype)
     res = total = normed = out
@@ -496,8 +496,9 @@ def moe_mxfp4(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         num_warps=t1.warps, num_stages=t1.stages)
 
     # 2. down + bias, times the routing weight, into each assignment's own row of y [A, d], rounded to x's dtype:
-    # y is written once and read once (by step 3) at every layer, and in fp32 that traffic was ~0.5 ms of a
-    # 1024-token 20b forward; the reference path rounds each expert's output to x's dtype too (twice)
+    # y is written once and read once (by step 3) at every layer; with fp32 slots step 3 alone took 0.47 ms of a
+    # 1024-token 20b forward on an H200, with bf16 ones 0.29-0.30 (benchmarks/RESULTS.md, seventeenth session). The
+    # reference path rounds each expert's output to x's dtype too (twice)
     s2 = schedule(t2)
     y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)
     bn2, bk2 = _fit(t2.bn, t2.bk, d, I)
