@@ -873,21 +873,34 @@ def test_fast_path_equals_reference_at_20b_layer_shapes():
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5), "pattern rows + sink do not sum to 1"
 
 
+def prepared_20b(layers: int, seed: int, ids_seed: int):
+    """(cfg, model, ids): a random 20b-shaped model of `layers` layers (2048-token vocabulary) on the GPU, its kernels
+    prepared as load_model does, and 300 random prompt ids."""
+    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
+
+    cfg = gptoss_config("20b", num_hidden_layers=layers, vocab_size=2048)
+    model = random_packed_model(cfg, "cuda", seed=seed)
+    model.prepare_kernels()
+    g = torch.Generator("cuda").manual_seed(ids_seed)
+    return cfg, model, torch.randint(0, cfg.vocab_size, (300,), device="cuda", generator=g)
+
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """module.name wrapped (for the test's duration) to append to the returned list at each call."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
 @pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
 def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
     """The fast path takes each block's input RMSNorm (and the final one) from the previous block's last MoE
     launch. Listening at hook_resid_pre / hook_resid_post stops that; the logits stay the same bit for bit, and
     the forward launches that many RMSNorms more."""
     from gptoss_viz.runtime.kernels import fused
-    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
 
-    cfg = gptoss_config("20b", num_hidden_layers=3, vocab_size=2048)
-    model = random_packed_model(cfg, "cuda", seed=5)
-    model.prepare_kernels()
-    ids = torch.randint(0, cfg.vocab_size, (300,), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    calls = []
-    real = fused.rms_norm_fused
-    monkeypatch.setattr(fused, "rms_norm_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg, model, ids = prepared_20b(3, seed=5, ids_seed=1)
+    calls = count_calls(monkeypatch, fused, "rms_norm_fused")
     seen = []
     with torch.inference_mode():
         plain = model(ids)
@@ -944,16 +957,12 @@ def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
     dot sums in another order), and a hook on the router logits still decides the experts, whether it returns new
     logits or writes them in place."""
     from gptoss_viz.runtime import gptoss
+    from gptoss_viz.runtime.hooks import observer
     from gptoss_viz.runtime.kernels import fused
-    from gptoss_viz.runtime.random_checkpoint import gptoss_config, random_packed_model
 
-    cfg = gptoss_config("20b", num_hidden_layers=2, vocab_size=2048)
-    model = random_packed_model(cfg, "cuda", seed=6)
-    model.prepare_kernels()
-    ids = torch.randint(0, cfg.vocab_size, (300,), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
-    calls = []
-    real = fused.router_route_fused
-    monkeypatch.setattr(fused, "router_route_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cfg, model, ids = prepared_20b(2, seed=6, ids_seed=2)
+    calls = count_calls(monkeypatch, fused, "router_route_fused")
+    routes = count_calls(monkeypatch, fused, "route_fused")
     with torch.inference_mode():
         fast = model(ids)
         assert len(calls) == cfg.num_hidden_layers, calls
@@ -973,22 +982,15 @@ def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
             x[..., : cfg.num_experts_per_tok] += 1e3
 
         # an observer of the logits (the Trace's hooks) leaves the launch's choice in place: no route launch
-        from gptoss_viz.runtime.hooks import observer
-
-        routes, real_route = [], fused.route_fused
-        m_route = pytest.MonkeyPatch()
-        m_route.setattr(fused, "route_fused", lambda *a, **kw: routes.append(1) or real_route(*a, **kw))
-        try:
-            got = {}
-            watch = observer(lambda x, hook: got.setdefault("l", x))
-            with model.hooks([("blocks.1.mlp.hook_router_logits", watch)]):
-                assert torch.equal(model(ids), fast), "an observing hook changed the logits"
-            assert "l" in got and not routes, f"{len(routes)} route launches with an observer"
-            with model.hooks([("blocks.1.mlp.hook_router_logits", lambda x, hook: None)]):
-                assert torch.equal(model(ids), fast), "a hook that changes nothing changed the logits"
-            assert len(routes) == 1, "an unmarked hook's logits were not routed again"
-        finally:
-            m_route.undo()
+        routes.clear()  # (the run with the fusion off routed every layer)
+        got = {}
+        watch = observer(lambda x, hook: got.setdefault("l", x))
+        with model.hooks([("blocks.1.mlp.hook_router_logits", watch)]):
+            assert torch.equal(model(ids), fast), "an observing hook changed the logits"
+        assert "l" in got and not routes, f"{len(routes)} route launches with an observer"
+        with model.hooks([("blocks.1.mlp.hook_router_logits", lambda x, hook: None)]):
+            assert torch.equal(model(ids), fast), "a hook that changes nothing changed the logits"
+        assert len(routes) == 1, "an unmarked hook's logits were not routed again"
 
         want_last = set(range(cfg.num_local_experts - cfg.num_experts_per_tok, cfg.num_local_experts))
         for fn, want in ((favour_last, want_last), (favour_first_in_place, set(range(cfg.num_experts_per_tok)))):

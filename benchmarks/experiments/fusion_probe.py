@@ -16,7 +16,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from probe_setup import capturable, capture, probe_setup
+from probe_setup import capturable, capture, probe_setup, replay_ms
 
 from gptoss_viz.runtime import gptoss
 from gptoss_viz.runtime.kernels import moe_hopper
@@ -33,18 +33,6 @@ def put(fp32_slots: bool, apart: bool) -> None:
 
 VARIANTS = {"product": (False, False), "fp32 slots": (True, False), "router apart": (False, True),
             "sixteenth session (both)": (True, True)}
-
-
-def replay_ms(graph, n: int = 7) -> float:
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def kernels(graph) -> tuple[int, float]:

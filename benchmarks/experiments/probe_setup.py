@@ -1,8 +1,9 @@
 """What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model (or `size`'s)
 built in GPU memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for
-each length (seed 0, drawn in order); the MoE kernels' GPU time inside a forward; and variants of the model
-timed in turn (`alternate`)."""
+each length (seed 0, drawn in order); the MoE kernels' GPU time inside a forward; variants of the model timed
+in turn (`alternate`); and CUDA-graph capture and replay timing (`capture`, `replay_ms`)."""
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def capture(fn):
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+def replay_ms(graph, n: int = 7) -> float:
+    """Median of n replays of graph, each timed by CUDA events (ms)."""
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)

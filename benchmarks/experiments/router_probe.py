@@ -4,39 +4,22 @@ router_route_fused's tile (BT rows, BD-wide chunks, stages, warps) swept. Each c
 calls (GPU time only), medians. Development probe (issue 6): `python router_probe.py OUT.json [LENGTHS]`."""
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from probe_setup import capture, replay_ms
 
-from gptoss_viz.runtime.kernels import fused  # noqa: E402
-from gptoss_viz.runtime.kernels.launch import cdiv, pow2  # noqa: E402
+from gptoss_viz.runtime.kernels import fused
+from gptoss_viz.runtime.kernels.launch import cdiv, pow2
 
 
 def graph_us(fn, calls: int = 20, reps: int = 7) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
+    """GPU us a call of fn: a CUDA graph of `calls` calls, the median of `reps` replays."""
+    graph, _ = capture(lambda: [fn() for _ in range(calls)])
+    return replay_ms(graph, reps) * 1e3 / calls
 
 
 def tile(h, w, b, k, BT, BD, stages, warps):
