@@ -49,26 +49,27 @@ class HookPoint(nn.Module):
     def idle(self) -> bool:
         """True while calling it returns its input as it is and runs nothing: no hook function and no torch module
         hook (its own or a global one). The model may then compute what follows it elsewhere (the fast path)."""
-        return not (self._fns or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
-                    or self._backward_pre_hooks or _torch_module._global_forward_hooks
-                    or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
-                    or _torch_module._global_backward_pre_hooks)
+        return not (self._fns or self._torch_hooked())
 
     @property
     def observed_only(self) -> bool:
         """True while calling it leaves its input as it is: every hook function here is marked an observer
         (`observer`) and no torch module hook is registered. What the model computed from the input alongside it
         (the fast path) then stays valid."""
-        return all(getattr(fn, "observes", False) for fn in self._fns) and not (
-            self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
-            or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
-            or _torch_module._global_backward_hooks or _torch_module._global_backward_pre_hooks)
+        return all(getattr(fn, "observes", False) for fn in self._fns) and not self._torch_hooked()
+
+    def _torch_hooked(self) -> bool:
+        """Whether a torch module hook (this module's own or a global one) is registered."""
+        return bool(self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                    or self._backward_pre_hooks or _torch_module._global_forward_hooks
+                    or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
+                    or _torch_module._global_backward_pre_hooks)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # without nn.Module's call machinery where no torch module hook is registered (a forward passes ~15 hook
         # points a layer, each some microseconds of host time that the GPU may wait for): the identity when
         # nothing listens, else our hook functions; torch's own module hooks, where any are registered, still run
-        # through nn.Module.__call__ (the same condition as `idle`, written out: a property call costs more here)
+        # through nn.Module.__call__ (_torch_hooked's condition, written out: a method call costs more here)
         if (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
                 or self._backward_pre_hooks or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
