@@ -7,10 +7,10 @@ whether the results are right (moe_hopper.trusted checks that on the GPU, once).
     pip install triton==X   # any machine: the compiler runs on the CPU
     python benchmarks/kernel_compat.py [--arch 90] [--out FILE.json]
 
-Kernels compiled: RMSNorm (with and without the residual), RoPE, routing, the MoE schedule, the k-sum, attention
-with sinks (full causal and windowed, with and without the sink probability), the Trace's pattern statistics and
-top-5 predictions, moe.py's MXFP4 kernels, and on sm_90 the Hopper MoE kernels at every tile hopper_tile picks
-(and both decodes at one).
+Kernels compiled: RMSNorm (with and without the residual), RoPE, routing (and with the MoE schedule's grouping),
+the grouped rows' gather, the MoE schedule, the k-sum, attention with sinks (full causal and windowed, with and
+without the sink probability), the Trace's pattern statistics and top-5 predictions, moe.py's MXFP4 kernels, and on
+sm_90 the Hopper MoE kernels at every tile hopper_tile picks (and both decodes at one).
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ def cases(arch: int) -> dict:
         "rope (q and k)": lambda: fused.rope_fused(q, cos, sin, kk),
         "route": lambda: fused.route_fused(torch.randn(T, E).to(bf), k),
         "router + route": lambda: fused.router_route_fused(x, torch.randn(E, d).to(bf), torch.zeros(E).to(bf), k),
+        "router + route + grouping": lambda: fused.router_route_fused(x, torch.randn(E, d).to(bf),
+                                                                      torch.zeros(E).to(bf), k, block_m=160),
+        "grouped rows": lambda: fused.group_rows_fused(x, idx, fused.Grouping(
+            torch.zeros(T * k, dtype=torch.int32), torch.zeros(64, dtype=torch.int32), *[torch.zeros(
+                40, dtype=torch.int32)] * 3, 40, 160)),
         "k-sum (bf16 slots) + residual": lambda: moe.sum_slots(torch.zeros(T * k, d).to(bf), T, bf, x),
         "moe schedule": lambda: fused.moe_schedule_fused(idx, E, 64),
         "k-sum + residual": lambda: moe.sum_slots(torch.zeros(T * k, d), T, bf, x),

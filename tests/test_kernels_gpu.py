@@ -799,6 +799,47 @@ def test_schedule_kernel_equals_torch_schedule(E, k, N, bm):
         assert torch.equal(a.token.long(), order // k), f"token is not each grouped row's token ({E=} {N=} {skew=})"
 
 
+@interpretable
+@pytest.mark.parametrize("T,E,k,bm", [(1, 32, 4, 16), (37, 8, 2, 16), (300, 32, 4, 160), (333, 128, 4, 64),
+                                      (1024, 32, 4, 160)])
+def test_router_grouping_equals_torch_schedule(T, E, k, bm):
+    """router_route_fused(..., block_m) groups the assignments in its launch (ranks by atomics, the tile arrays
+    from the program that finishes last) and group_rows_fused gathers the rows: the same tiles as
+    schedule.moe_schedule, an order that groups by expert like its, each row's token, x's rows in that order; and
+    the counters are back at zero after each launch (so a second launch, and one with skewed routing, agree)."""
+    from gptoss_viz.runtime.kernels import fused
+    from gptoss_viz.runtime.kernels.schedule import moe_schedule
+
+    d = 64
+    g = torch.Generator(device=DEVICE).manual_seed(T + E)
+    h = torch.randn(T, d, generator=g, device=DEVICE).to(DTYPE)
+    rw = (torch.randn(E, d, generator=g, device=DEVICE) / d ** 0.5).to(DTYPE)
+    rb = (0.1 * torch.randn(E, generator=g, device=DEVICE)).to(DTYPE)
+    x = torch.randn(T, 96, generator=g, device=DEVICE).to(DTYPE)  # rows to gather (96: a partial column block)
+    for skew in (False, False, True):
+        if skew:
+            h[: T // 2] = h[0]  # half the tokens on the same k experts: several tiles for one expert
+        logits, idx, weight, grouping = fused.router_route_fused(h, rw, rb, k, block_m=bm)
+        assert torch.equal(idx, fused.route_fused(logits, k)[0]), "grouping changed the routing"
+        xs, a = fused.group_rows_fused(x, idx, grouping)
+        b = moe_schedule(idx, E, bm)
+        assert a.n_tiles == b.n_tiles == grouping.n_tiles
+        for name in ("tile_expert", "tile_start", "tile_end"):
+            assert torch.equal(getattr(a, name).long(), getattr(b, name).long()), f"{name} differs ({T=} {skew=})"
+        order = a.order.long()
+        assert torch.equal(order.sort().values, torch.arange(T * k, device=DEVICE)), "order is not a permutation"
+        flat = idx.reshape(-1)
+        assert torch.equal(flat[order], flat[b.order]), f"order does not group by expert ({T=} {skew=})"
+        assert torch.equal(a.token.long(), order // k), "token is not each grouped row's token"
+        assert torch.equal(xs, x[order // k]), "the gathered rows are not x's rows in grouped order"
+        counters = fused._GROUP_COUNTERS
+        assert all(not c.any() for c in counters.values()), "the counters were not set back to zero"
+    with pytest.raises(ValueError, match="block_m"):
+        fused.router_route_fused(h, rw, rb, k, block_m=0)
+    with pytest.raises(ValueError, match="does not route"):
+        fused.group_rows_fused(x[:-1], idx[:-1], grouping)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole model: fast path against the reference path on the same weights, full 20b layer shapes
 
@@ -999,6 +1040,48 @@ def test_block_routes_in_one_launch_and_keeps_router_hooks(monkeypatch):
                               ("blocks.1.mlp.hook_expert_idx", lambda x, hook: seen.setdefault("idx", x.clone()))]):
                 model(ids)
             assert set(seen["idx"].unique().tolist()) == want, (fn.__name__, seen["idx"].unique().tolist())
+
+
+@pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
+def test_block_groups_the_moe_rows_in_the_router_launch(monkeypatch):
+    """The fast path groups each block's assignments for the Hopper MoE kernels in the router's launch and gathers
+    the rows in one more (group_rows_fused), never running moe_schedule_fused: the logits are those of the
+    schedule launch bit for bit (each grouped row's dots are its own, whatever its place in its expert's group).
+    A hook that replaces the experts' ids (not an observer) has its ids grouped anew, and decides the experts."""
+    from gptoss_viz.runtime import gptoss
+    from gptoss_viz.runtime.kernels import moe_hopper
+
+    cfg, model, ids = prepared_20b(2, seed=7, ids_seed=3)
+    if model.blocks[0].mlp.grouping_rows(torch.zeros(1, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)) \
+            is None:
+        pytest.skip("the Hopper MoE kernels do not run here")
+    grouped = count_calls(monkeypatch, moe_hopper, "group_rows_fused")
+    scheduled = count_calls(monkeypatch, moe_hopper, "moe_schedule_fused")
+    with torch.inference_mode():
+        fast = model(ids)
+        assert len(grouped) == cfg.num_hidden_layers and not scheduled, (len(grouped), len(scheduled))
+        with monkeypatch.context() as m:
+            m.setattr(gptoss.MoE, "grouping_rows", lambda self, x: None)
+            apart = model(ids)
+        assert len(scheduled) == cfg.num_hidden_layers, "the schedule launch did not run with the grouping off"
+        assert torch.equal(fast, apart), f"logits differ from the schedule launch's: {rel_err(fast, apart):.3g}"
+        grouped.clear(), scheduled.clear()
+        last = torch.arange(cfg.num_local_experts - cfg.num_experts_per_tok, cfg.num_local_experts, device="cuda")
+        seen = {}
+        with model.hooks([("blocks.1.mlp.hook_expert_idx", lambda x, hook: last.expand_as(x).clone()),
+                          ("blocks.1.mlp.hook_out", lambda x, hook: seen.setdefault("out", x.clone()))]):
+            model(ids)
+        assert len(grouped) == 1 and len(scheduled) == 1, (len(grouped), len(scheduled))
+        mlp = model.blocks[1].mlp
+        with model.hooks([("blocks.1.mlp.hook_expert_idx", lambda x, hook: last.expand_as(x).clone()),
+                          ("blocks.1.mlp.hook_out", lambda x, hook: seen.setdefault("ref", x.clone()))]):
+            mlp.use_kernels = False  # the reference path's experts on the same ids
+            try:
+                model(ids)
+            finally:
+                mlp.use_kernels = True
+        err = rel_err(seen["out"], seen["ref"])
+        assert err < 0.02, f"the hooked ids' MoE output differs from the reference's by {err:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -388,6 +388,17 @@ class MoE(nn.Module):
 
         return moe_mxfp4
 
+    def grouping_rows(self, x: torch.Tensor) -> int | None:
+        """The rows a tile of the Hopper MoE kernels holds for x [..., d] (what router_route_fused groups the
+        assignments for, in its launch), or None where those kernels will not run x."""
+        ex = self.experts
+        E, two_i = ex.gate_up_proj_bias.shape
+        if not (self.fast_path_ok(x) and _hopper_moe_ok(x.device, x.dtype, x.shape[-1], two_i // 2)):
+            return None
+        from gptoss_viz.runtime.kernels.moe_hopper import schedule_rows
+
+        return schedule_rows(x.numel() // x.shape[-1] * self.k, E)
+
     def routing_fused_ok(self, x: torch.Tensor) -> bool:
         """Whether Block's fast path may compute this router's logits and its choice in one launch
         (fused.router_route_fused): fast path on, and no torch module hook on the router that its call would run."""
@@ -404,11 +415,15 @@ class MoE(nn.Module):
         block's residual add, which the fast path does in the launch that sums the experts' outputs). With `norm`
         as well (the RMSNorm that follows the block): (residual + sum, norm of it), the second from that same
         launch where the fast path ran and hook_out left the sum as it was, else None. `routed`: (router logits,
-        idx, weight) already computed from x (Block's fast path, fused.router_route_fused); they go through the same
-        hooks; where a hook other than an observer (hooks.observer) listens to the logits, the experts are chosen
-        again from what it leaves (it may replace them, or write them in place), in the same way."""
+        idx, weight) already computed from x (Block's fast path, fused.router_route_fused), and optionally the
+        assignments' grouping for the MoE kernels (grouping_rows); they go through the same hooks; where a hook
+        other than an observer (hooks.observer) listens to the logits, the experts are chosen again from what it
+        leaves (it may replace them, or write them in place), in the same way, and where one listens to the
+        experts' ids, the MoE kernels group what it leaves."""
+        grouping = None
         if routed is not None and self.hook_router_logits.observed_only:
-            logits, idx, weight = routed  # the launch that computed the logits chose the experts from them
+            logits, idx, weight = routed[:3]  # the launch that computed the logits chose the experts from them
+            grouping = routed[3] if len(routed) > 3 else None
             self.hook_router_logits(logits)
         else:
             logits = self.hook_router_logits(self.router(x) if routed is None else routed[0])  # [T, E], before top-k
@@ -418,6 +433,8 @@ class MoE(nn.Module):
                 idx, weight = route_fused(logits, self.k)
             else:
                 idx, weight = route(logits, self.k)  # [T, k] each
+        if grouping is not None and not self.hook_expert_idx.observed_only:
+            grouping = None  # what the hook leaves is grouped anew
         idx = self.hook_expert_idx(idx)
         weight = self.hook_expert_weight(weight)
         kernel = self._kernel(x)
@@ -429,7 +446,8 @@ class MoE(nn.Module):
             got = kernel(x.reshape(-1, d), idx.reshape(-1, self.k), weight.reshape(-1, self.k),
                          ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
                          ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, ex.limit, ex.alpha,
-                         residual=res, norm=None if res is None or norm is None else (norm.weight, norm.eps))
+                         residual=res, norm=None if res is None or norm is None else (norm.weight, norm.eps),
+                         **({} if grouping is None else {"grouping": grouping}))
             if res is None:
                 out = got.view_as(x)
             else:
@@ -494,10 +512,10 @@ class Block(nn.Module):
             h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
             mlp = self.mlp
             routed = None
-            if mlp.routing_fused_ok(h):  # the router and its choice in one launch
+            if mlp.routing_fused_ok(h):  # the router, its choice and the MoE schedule's grouping in one launch
                 from gptoss_viz.runtime.kernels.fused import router_route_fused
 
-                routed = router_route_fused(h, mlp.router.weight, mlp.router.bias, mlp.k)
+                routed = router_route_fused(h, mlp.router.weight, mlp.router.bias, mlp.k, mlp.grouping_rows(h))
             if next_norm is not None and self.hook_resid_post.idle:
                 return mlp(h, residual=x, norm=next_norm, routed=routed)
             x = self.hook_resid_post(mlp(h, residual=x, routed=routed))

@@ -17,12 +17,16 @@ of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of th
 - `route_fused`: gptoss.route (the top k router logits of each token and the softmax over them) in one launch,
   where torch's topk and softmax took three kernels.
 - `router_route_fused`: the router's linear and route in one launch, where the fast path took three kernels
-  (cuBLAS's split-K GEMM and its reduction, route).
+  (cuBLAS's split-K GEMM and its reduction, route); optionally with the MoE schedule's grouping of the
+  assignments (each one's rank within its expert by atomics, the tile arrays from the program that finishes
+  last), which `group_rows_fused` completes while it gathers the rows: two launches where the schedule, the
+  router and the row gather took three.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -186,6 +190,14 @@ def _schedule_kernel(idx_ptr, order_ptr, token_ptr, cursor_ptr, tile_expert_ptr,
         row = tl.atomic_add(cursor_ptr + v, 1, mask=m)
         tl.store(order_ptr + row, ra, mask=m)
         tl.store(token_ptr + row, ra // TOP_K, mask=m)
+    _tile_table(counts, starts, ends, re, E, n_tiles, tile_expert_ptr, tile_start_ptr, tile_end_ptr, BLOCK_M, TB)
+
+
+@triton.jit
+def _tile_table(counts, starts, ends, re, E, n_tiles, tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                BLOCK_M: tl.constexpr, TB: tl.constexpr):
+    """The experts' row counts [EP] (0 past E) and their groups' first and end rows -> schedule.moe_schedule's
+    tile arrays: each expert's rows cut into tiles of BLOCK_M, in expert order; spare tiles empty."""
     tiles = (counts + BLOCK_M - 1) // BLOCK_M
     tile_ends = tl.cumsum(tiles, 0)
     tile_begins = tile_ends - tiles
@@ -232,16 +244,19 @@ def _top_k_softmax(x, rows, rmask, cols, E, idx_ptr, w_ptr, K: tl.constexpr, KP:
     """x [BT, EP] fp32 logits (-inf past E) of rows: the K largest of each row, largest first (equal values: lower
     column first) into idx_ptr [T, K], and the softmax over them in fp32 as torch computes it (exp(v - max) with
     libdevice's expf, as CUDA's expf, unless EXPF is off for Triton's interpreter, which has no libdevice; over
-    their sum, IEEE division), rounded to w_ptr's dtype."""
+    their sum, IEEE division), rounded to w_ptr's dtype. Returns the chosen columns [BT, KP] int32 (slot j in
+    column j; 0 past K)."""
     EP: tl.constexpr = x.shape[1]
     slots = tl.arange(0, KP)
     top = tl.zeros([x.shape[0], KP], dtype=tl.float32)
+    chosen = tl.zeros([x.shape[0], KP], dtype=tl.int32)
     for j in tl.static_range(K):
         v = tl.max(x, 1)  # [BT]
         i = tl.min(tl.where(x == v[:, None], cols[None, :], EP), 1)  # the first column holding it
         i = tl.minimum(i, E - 1)  # (a NaN row matches no column: keep the index in range)
         tl.store(idx_ptr + rows.to(tl.int64) * K + j, i.to(tl.int64), mask=rmask)
         top = tl.where(slots[None, :] == j, v[:, None], top)
+        chosen = tl.where(slots[None, :] == j, i[:, None], chosen)
         x = tl.where(cols[None, :] == i[:, None], float("-inf"), x)
     m = tl.max(tl.where(slots[None, :] < K, top, float("-inf")), 1)
     if EXPF:
@@ -252,6 +267,7 @@ def _top_k_softmax(x, rows, rmask, cols, E, idx_ptr, w_ptr, K: tl.constexpr, KP:
     w = tl.math.div_rn(e, tl.sum(e, 1)[:, None])
     tl.store(w_ptr + rows[:, None].to(tl.int64) * K + slots[None, :], w.to(w_ptr.dtype.element_ty),
              mask=rmask[:, None] & (slots[None, :] < K))
+    return chosen
 
 
 @triton.jit
@@ -291,11 +307,12 @@ def route_fused(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 @triton.jit
 def _router_route_kernel(h_ptr, rw_ptr, rb_ptr, logit_ptr, idx_ptr, wt_ptr, T, D, E, stride_h,
+                         count_ptr, rank_ptr, starts_ptr, tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_tiles,
                          K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, EP: tl.constexpr, KP: tl.constexpr,
-                         EXPF: tl.constexpr):
+                         EXPF: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, TB: tl.constexpr):
     """BT tokens: the router's logits h W^T + b (tensor-core dots over BD-wide chunks of the hidden size, fp32
     accumulation, rounded once to h's dtype as the half-precision linear rounds them) and _top_k_softmax of those
-    rounded logits."""
+    rounded logits. With GROUP, also what the MoE kernels' schedule needs (_group_assignments)."""
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     rmask = rows < T
     r64 = rows.to(tl.int64)
@@ -314,10 +331,69 @@ def _router_route_kernel(h_ptr, rw_ptr, rb_ptr, logit_ptr, idx_ptr, wt_ptr, T, D
     logits = (acc + b[None, :]).to(DT)
     tl.store(logit_ptr + r64[:, None] * E + ecols[None, :], logits, mask=rmask[:, None] & emask[None, :])
     z = tl.where(emask[None, :], logits.to(tl.float32), float("-inf"))
-    _top_k_softmax(z, rows, rmask, ecols, E, idx_ptr, wt_ptr, K, KP, EXPF)
+    chosen = _top_k_softmax(z, rows, rmask, ecols, E, idx_ptr, wt_ptr, K, KP, EXPF)
+    if GROUP:
+        _group_assignments(chosen, r64, rmask, ecols, E, count_ptr, rank_ptr, starts_ptr, tile_expert_ptr,
+                           tile_start_ptr, tile_end_ptr, n_tiles, K, KP, EP, BLOCK_M, TB)
+
+
+@triton.jit
+def _group_assignments(chosen, r64, rmask, ecols, E, count_ptr, rank_ptr, starts_ptr, tile_expert_ptr,
+                       tile_start_ptr, tile_end_ptr, n_tiles, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
+                       BLOCK_M: tl.constexpr, TB: tl.constexpr):
+    """The expert-grouped order of this program's assignments (t * K + j, expert chosen [BT, KP]) without a pass
+    of its own: each takes the next rank among its expert's assignments from the expert's counter (count_ptr
+    [EP], an atomic, so ranks within an expert come in whatever order the atomics serve them, as in
+    _schedule_kernel, and nothing downstream depends on it); the program that finishes last (a ticket,
+    count_ptr[EP]) reads the final counts, writes each expert's first grouped row (starts_ptr [EP]) and the tile
+    arrays (_tile_table), and sets the counters and the ticket back to 0 for the next launch."""
+    slots = tl.arange(0, KP)
+    amask = rmask[:, None] & (slots[None, :] < K)
+    rank = tl.atomic_add(count_ptr + chosen, 1, mask=amask, sem="relaxed")
+    tl.store(rank_ptr + r64[:, None] * K + slots[None, :], rank, mask=amask)
+    tl.debug_barrier()  # every thread's counter atomics are done (their ranks stored) before the ticket is taken
+    ticket = tl.atomic_add(count_ptr + EP, 1, sem="acq_rel")
+    if ticket == tl.num_programs(0) - 1:  # the last program: every counter is final
+        counts = tl.atomic_xchg(count_ptr + ecols, 0)  # read and reset in one
+        counts = tl.where(ecols < E, counts, 0)
+        ends = tl.cumsum(counts, 0)
+        starts = ends - counts
+        tl.store(starts_ptr + ecols, starts)
+        _tile_table(counts, starts, ends, ecols, E, n_tiles, tile_expert_ptr, tile_start_ptr, tile_end_ptr,
+                    BLOCK_M, TB)
+        tl.atomic_xchg(count_ptr + EP, 0)
 
 
 _router_route_launch = Launcher(_router_route_kernel)
+
+
+class Grouping(NamedTuple):
+    """What router_route_fused(..., block_m=BM) computes beyond the routing for the MoE kernels' schedule: each
+    assignment's rank among its expert's ([A] int32, A = T * k), each expert's first grouped row ([EP] int32), and
+    schedule.moe_schedule's tile arrays for tiles of block_m rows. group_rows_fused completes it."""
+    rank: torch.Tensor
+    starts: torch.Tensor
+    tile_expert: torch.Tensor
+    tile_start: torch.Tensor
+    tile_end: torch.Tensor
+    n_tiles: int
+    block_m: int
+
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", lambda i: torch.cuda.current_stream(i).cuda_stream)
+_GROUP_COUNTERS: dict = {}  # (device, stream) -> [EP + 1] int32 zeros: the experts' counters and the ticket
+
+
+def _group_counters(device: torch.device, size: int) -> torch.Tensor:
+    """Counters that _group_assignments leaves at zero after every launch, one set per device and stream (launches
+    on one stream run one after another; two streams would share nothing)."""
+    key = (str(device), _raw_stream(device.index) if device.type == "cuda" else None)
+    c = _GROUP_COUNTERS.get(key)
+    if c is None or c.numel() < size:
+        if len(_GROUP_COUNTERS) >= 64:  # (streams come and go: probes capture graphs on new ones)
+            _GROUP_COUNTERS.clear()
+        c = _GROUP_COUNTERS[key] = torch.zeros(size, device=device, dtype=torch.int32)
+    return c
 
 
 def router_route_ok(h: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor) -> bool:
@@ -329,15 +405,19 @@ def router_route_ok(h: torch.Tensor, router_weight: torch.Tensor, router_bias: t
             and router_bias.shape == router_weight.shape[:1])
 
 
-def router_route_fused(h: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor, k: int):
+def router_route_fused(h: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor, k: int,
+                       block_m: int | None = None):
     """The router's linear and gptoss.route in one launch: h [..., d] -> (logits [..., E] in h's dtype, idx
     [..., k] int64, weight [..., k] in h's dtype), where the fast path took three kernels (cuBLAS's split-K GEMM
     and its reduction, then route_fused). The logits are F.linear(h, router_weight, router_bias) with the same
     products summed in another order (within the rounding of h's dtype); idx and weight are route_fused's choice
-    from these logits, bit for bit."""
+    from these logits, bit for bit. With `block_m`, a fourth item: the Grouping of the assignments for MoE tiles
+    of block_m rows (in the same launch, in place of moe_schedule_fused's; group_rows_fused completes it)."""
     E, D = router_weight.shape
     if not 1 <= k <= E:
         raise ValueError(f"router_route_fused: k={k} must be between 1 and the {E} experts")
+    if block_m is not None and block_m < 1:
+        raise ValueError(f"router_route_fused: block_m={block_m} must be at least 1")
     if not router_route_ok(h, router_weight, router_bias):
         raise ValueError(f"router_route_fused: h {tuple(h.shape)} {h.dtype} and router {tuple(router_weight.shape)} "
                          f"{router_weight.dtype} / bias {tuple(router_bias.shape)} {router_bias.dtype} do not fit")
@@ -351,13 +431,69 @@ def router_route_fused(h: torch.Tensor, router_weight: torch.Tensor, router_bias
     # tensor-core tile, up to 2048 tokens (7.7-7.9 us at 128 and 1024 tokens, as cuBLAS's linear and route_fused
     # together), 32 above (at 4096 tokens 9.8 us, 16 rows 11.8, cuBLAS and route_fused 8.4)
     BT = 16 if T <= 2048 else 32
+    EP = max(16, pow2(E))
+    grouping = None
+    if block_m is None:
+        counters = rank = starts = t_expert = t_start = t_end = idx  # (unused: GROUP off)
+        n = 0
+    else:
+        A = T * k
+        n = max_tiles(A, E, block_m)
+        buf = torch.empty(A + EP + 3 * n, device=h.device, dtype=torch.int32)
+        rank, starts, t_expert, t_start, t_end = buf.split_with_sizes([A, EP, n, n, n])
+        counters = _group_counters(h.device, EP + 1)
+        grouping = Grouping(rank, starts, t_expert, t_start, t_end, n, block_m)
     _router_route_launch[(cdiv(T, BT),)](h2, router_weight, router_bias, logits, idx, weight, T, D, E, h2.stride(0),
-                                         K=k, BT=BT, BD=256, EP=max(16, pow2(E)), KP=pow2(k),
-                                         EXPF=not _INTERPRETED, num_warps=4, num_stages=3)
-    if h.dim() == 2:
-        return logits, idx, weight
-    lead = h.shape[:-1]
-    return logits.view(*lead, E), idx.view(*lead, k), weight.view(*lead, k)
+                                         counters, rank, starts, t_expert, t_start, t_end, n,
+                                         K=k, BT=BT, BD=256, EP=EP, KP=pow2(k), EXPF=not _INTERPRETED,
+                                         GROUP=grouping is not None, BLOCK_M=block_m or 1, TB=64,
+                                         num_warps=4, num_stages=3)
+    if h.dim() != 2:
+        lead = h.shape[:-1]
+        logits, idx, weight = logits.view(*lead, E), idx.view(*lead, k), weight.view(*lead, k)
+    return (logits, idx, weight) if grouping is None else (logits, idx, weight, grouping)
+
+
+@triton.jit
+def _group_rows_kernel(x_ptr, idx_ptr, rank_ptr, starts_ptr, xs_ptr, order_ptr, token_ptr, A, D, stride_x,
+                       stride_xs, K: tl.constexpr, BA: tl.constexpr, BD: tl.constexpr):
+    """BA assignments (t * K + j) by BD columns: an assignment's grouped row is its expert's first row plus its
+    rank; x's row t is copied there, and the first column block records the row's assignment and token."""
+    ra = tl.program_id(0) * BA + tl.arange(0, BA)
+    am = ra < A
+    e = tl.load(idx_ptr + ra, mask=am, other=0)
+    dest = tl.load(starts_ptr + e, mask=am, other=0) + tl.load(rank_ptr + ra, mask=am, other=0)
+    tok = ra // K
+    if tl.program_id(1) == 0:
+        tl.store(order_ptr + dest, ra, mask=am)
+        tl.store(token_ptr + dest, tok, mask=am)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
+    m = am[:, None] & (cols < D)[None, :]
+    v = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=m)
+    tl.store(xs_ptr + dest.to(tl.int64)[:, None] * stride_xs + cols[None, :], v, mask=m)
+
+
+_group_rows_launch = Launcher(_group_rows_kernel)
+
+
+def group_rows_fused(x: torch.Tensor, idx: torch.Tensor, grouping: Grouping):
+    """x [N, d] and the routing idx [N, k] that router_route_fused grouped -> (x's rows in expert-grouped order
+    [N * k, d], the MoeSchedule of those rows): what moe_schedule_fused(idx, E, grouping.block_m) and
+    x.index_select(0, schedule.token) give, the rows within each expert in the order of their ranks, in one
+    launch."""
+    N, d = x.shape
+    A = idx.numel()
+    if A != N * (idx.shape[-1] if idx.dim() > 1 else 1) or grouping.rank.numel() != A:
+        raise ValueError(f"group_rows_fused: idx {tuple(idx.shape)} does not route the {N} rows of x as grouped")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    flat = idx.reshape(-1)
+    xs = torch.empty(A, d, device=x.device, dtype=x.dtype)
+    order, token = torch.empty(2 * A, device=x.device, dtype=torch.int32).split_with_sizes([A, A])
+    BA, BD = 32, 512
+    _group_rows_launch[(cdiv(A, BA), cdiv(d, BD))](x, flat, grouping.rank, grouping.starts, xs, order, token, A, d,
+                                                   x.stride(0), xs.stride(0), K=A // N, BA=BA, BD=BD, num_warps=4)
+    return xs, MoeSchedule(order=order, tile_expert=grouping.tile_expert, tile_start=grouping.tile_start,
+                           tile_end=grouping.tile_end, n_tiles=grouping.n_tiles, token=token)
 
 
 @triton.jit

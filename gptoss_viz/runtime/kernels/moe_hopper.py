@@ -46,7 +46,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels import verify
-from gptoss_viz.runtime.kernels.fused import moe_schedule_fused
+from gptoss_viz.runtime.kernels.fused import Grouping, group_rows_fused, moe_schedule_fused
 from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile  # noqa: F401 (HopperTile: the API)
 from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
@@ -446,6 +446,13 @@ def _weight_descriptor(cache: dict | None, t: torch.Tensor, shape: tuple[int, in
     return desc
 
 
+def schedule_rows(n_assignments: int, n_experts: int) -> int:
+    """The rows a schedule tile holds (bt + bx of hopper_tile's choice) when moe_mxfp4_hopper runs n_assignments
+    (tokens x k) over n_experts without a `tile`: what a `grouping` for it must be made for."""
+    t = hopper_tile(n_assignments / n_experts, n_experts)
+    return t.bt + t.bx
+
+
 def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
     """Whether these kernels run activations of `dtype` [*, d] on `device` with expert width I: bf16 on an sm_90
     GPU (wgmma; other GPUs take moe.py's kernels), d and I multiples of 64 (one K step)."""
@@ -459,7 +466,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      limit: float, alpha: float, tile: HopperTile | None = None,
                      residual: torch.Tensor | None = None, one_multiply: bool = False,
                      descriptors: dict | None = None, norm: tuple[torch.Tensor, float] | None = None,
-                     slot_dtype: torch.dtype | None = None):
+                     slot_dtype: torch.dtype | None = None, grouping: Grouping | None = None):
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
@@ -471,7 +478,10 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     `descriptors`: a dict the caller keeps with the weights (gptoss.Experts) in which the weights' TMA descriptors
     are built once and reused while the weights stay where they are (~5 us of host time each, four a call).
     `slot_dtype`: the dtype of the k weighted expert outputs a token, summed by sum_slots (default x's, as
-    moe.moe_mxfp4's; torch.float32 for comparisons)."""
+    moe.moe_mxfp4's; torch.float32 for comparisons).
+    `grouping`: idx's assignments already grouped by fused.router_route_fused(..., block_m=schedule_rows(N * k, E))
+    in the launch that chose them; then one launch (fused.group_rows_fused) gathers the rows and completes the
+    schedule, where two (moe_schedule_fused, the gather) did."""
     N, d = x.shape
     k = idx.shape[-1]
     E, two_i = gate_up_bias.shape
@@ -490,10 +500,15 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     bop = halves * BO  # output features a program
     regs = {"maxnreg": maxnreg} if maxnreg else {}
     narrow = bool(narrow) and bt >= 64
-    s = moe_schedule_fused(idx, E, bt + bx)
-    bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
-    xs = x.index_select(0, s.token)
+    if grouping is None:
+        s = moe_schedule_fused(idx, E, bt + bx)
+        xs = x.index_select(0, s.token)
+    elif grouping.block_m != bt + bx:
+        raise ValueError(f"grouping made for tiles of {grouping.block_m} rows; these kernels take {bt + bx}")
+    else:
+        xs, s = group_rows_fused(x, idx, grouping)
+    bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     _moe_hopper_launch[(cdiv(two_i, bop), s.n_tiles)](
