@@ -27,7 +27,7 @@ def main() -> None:
         with torch.inference_mode():
             for _ in range(3):
                 for narrow in (False, True):
-                    moe_hopper.hopper_tile = lambda m, narrow=narrow: RULE(m)._replace(narrow=narrow)
+                    moe_hopper.hopper_tile = lambda m, e=32, narrow=narrow: RULE(m, e)._replace(narrow=narrow)
                     times[narrow].append(moe_ms(model, ids))
                     logits[narrow] = model(ids)
         moe_hopper.hopper_tile = RULE

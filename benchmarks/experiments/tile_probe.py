@@ -34,7 +34,7 @@ def main() -> None:
             for _ in range(2):
                 for name in times:
                     tile = VARIANTS.get(name)
-                    moe_hopper.hopper_tile = (lambda m, tile=tile: tile) if tile else RULE
+                    moe_hopper.hopper_tile = (lambda m, e=32, tile=tile: tile) if tile else RULE
                     try:
                         times[name].append(moe_ms(model, ids))
                         diffs[name] = (model(ids).float() - base.float()).abs().max().item()
