@@ -464,5 +464,8 @@ def main(argv=None) -> int:
     if distributed:
         import torch.distributed as dist
 
+        # Every rank waits here until rank 0 has written the file: a rank that tore its process group down while
+        # another still used it aborted now and then (gloo: "terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     return 0
