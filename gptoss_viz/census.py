@@ -466,6 +466,6 @@ def main(argv=None) -> int:
 
         # Every rank waits here until rank 0 has written the file: a rank that tore its process group down while
         # another still used it aborted now and then (gloo: "terminate called without an active exception").
-        dist.barrier()
+        dist.barrier(device_ids=[local] if use_cuda else None)  # NCCL: this rank's GPU, as set above
         dist.destroy_process_group()
     return 0
