@@ -54,12 +54,7 @@ H, K, D = 64, 8, 64
 VARIANTS = {"default": {}, "bm64 s2": dict(num_stages=2), "bm64 s3": dict(num_stages=3),
             "bm64 s4": dict(num_stages=4), "bm128 w8 s3": dict(block_m=128, block_n=64, num_warps=8, num_stages=3),
             "bm64 bn32 s3": dict(block_n=32, num_stages=3), "bm128 bn32 w4 s3": dict(block_m=128, block_n=32,
-                                                                                      num_stages=3),
-            # several query heads of one KV head a program (`heads`): each key/value block loaded once for them
-            "hp2": dict(heads=2), "hp2 w8": dict(heads=2, num_warps=8),
-            "hp2 bm32": dict(heads=2, block_m=32, block_n=32), "hp4 bm32 w8": dict(heads=4, block_m=32, block_n=32,
-                                                                                   num_warps=8),
-            "hp4 w8": dict(heads=4, num_warps=8), "hp8 bm16 w8": dict(heads=8, block_m=16, block_n=16, num_warps=8)}
+                                                                                      num_stages=3)}
 
 
 def allowed_pairs(T: int, window: int | None) -> int:

@@ -569,40 +569,6 @@ def test_attention_kernel_block_sizes(block_m, block_n, window):
 
 
 @interpretable
-@pytest.mark.parametrize("window", (None, 16), ids=lambda w: f"window{w}")
-@pytest.mark.parametrize("heads,block_m,block_n", [(2, 64, 64), (2, 32, 32), (4, 32, 32), (8, 16, 16)])
-def test_attention_kernel_heads_a_program(heads, block_m, block_n, window):
-    """Several query heads of one key/value head in a program: rows of different heads and positions mixed in
-    one tile, each against its own sink, causal mask and window; then the output and sink probabilities put back
-    where one head a program puts them."""
-    from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
-
-    H, K, D = ATTN_SHAPE if CUDA else (8, 1, 16)  # 8 query heads a key/value head, as gpt-oss
-    T = 300 if CUDA else 45
-    g = torch.Generator(device=DEVICE).manual_seed(heads * 31 + block_m + (window or 0))
-    q, k, v = (torch.randn(T, n, D, generator=g, device=DEVICE).to(DTYPE) for n in (H, K, K))
-    sinks = (2 + 2 * torch.randn(H, generator=g, device=DEVICE)).to(DTYPE)
-    out, sink_prob = attention_with_sinks_fused(q, k, v, sinks, window, want_sink=True, block_m=block_m,
-                                                block_n=block_n, heads=heads)
-    pattern, sink_ref = attention_with_sinks(q, k, sinks, window)
-    where = f"attention {heads} heads a program, blocks {block_m}x{block_n}, T={T} window={window}"
-    check_no_worse(out, attend(pattern, v), attend(pattern, v.float()), where)
-    assert (sink_prob - sink_ref).abs().max().item() <= SINK_ATOL, where
-
-
-@interpretable
-def test_attention_kernel_heads_rejected():
-    from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
-
-    H, K, D = ATTN_SHAPE
-    q, k, v = torch.zeros(8, H, D, device=DEVICE, dtype=DTYPE), *(torch.zeros(8, K, D, device=DEVICE, dtype=DTYPE),) * 2
-    sinks = torch.zeros(H, device=DEVICE, dtype=DTYPE)
-    for heads in (0, 3, 2 * H // K):
-        with pytest.raises(ValueError, match="heads"):
-            attention_with_sinks_fused(q, k, v, sinks, None, heads=heads)
-
-
-@interpretable
 def test_attention_kernel_batched_and_strided():
     """A leading batch dimension, and q/k/v that are views into one fused projection (non-contiguous)."""
     from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused

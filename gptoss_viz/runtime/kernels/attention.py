@@ -68,27 +68,22 @@ def _attn_keys(q, k_ptr, v_ptr, rm, rd, m_i, l_i, acc, n_lo, n_hi, T, window, qk
 def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
                        T, window, qk_scale,
                        sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, spb, sph,
-                       GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
+                       GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        WRITE_SINK: tl.constexpr, WINDOWED: tl.constexpr):
-    """One program: BM queries of HP query heads that share a key/value head (HP divides GROUP), as HP * BM
-    rows that read each key and value block once; row r is query q_start + r % BM of head h0 + r // BM."""
     pid_m = tl.program_id(0)
-    h0 = tl.program_id(1) * HP
+    h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    kvh = h0 // GROUP
+    kvh = h // GROUP
     q_start = pid_m * BM
-    r = tl.arange(0, HP * BM)
-    rm = q_start + r % BM  # each row's query position
-    hr = h0 + r // BM  # and its head
+    rm = q_start + tl.arange(0, BM)  # query positions
     rd = tl.arange(0, D)
     mask_m = rm < T
-    q = tl.load(q_ptr + b * sqb + rm[:, None] * sqt + hr[:, None] * sqh + rd[None, :], mask=mask_m[:, None],
-                other=0.0)
+    q = tl.load(q_ptr + b * sqb + rm[:, None] * sqt + h * sqh + rd[None, :], mask=mask_m[:, None], other=0.0)
     LOG2E: tl.constexpr = 1.4426950408889634
-    sink = tl.load(sinks_ptr + hr).to(tl.float32) * LOG2E  # the sink logit is not scaled by 1/sqrt(D)
-    m_i = sink  # running max, starting at the sink column
-    l_i = tl.zeros([HP * BM], dtype=tl.float32) + 1.0  # running sum of exp(. - m): the sink's own exp(0)
-    acc = tl.zeros([HP * BM, D], dtype=tl.float32)
+    sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E  # the sink logit is not scaled by 1/sqrt(D)
+    m_i = tl.zeros([BM], dtype=tl.float32) + sink  # running max, starting at the sink column
+    l_i = tl.zeros([BM], dtype=tl.float32) + 1.0  # running sum of exp(. - m): the sink's own exp(0)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
     kb = k_ptr + b * skb + kvh * skh
     vb = v_ptr + b * svb + kvh * svh
     if WINDOWED:  # one masked loop from the first query's first key (split too, these short loops ran 10% slower)
@@ -103,10 +98,10 @@ def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
         m_i, l_i, acc = _attn_keys(q, kb, vb, rm, rd, m_i, l_i, acc, q_start, q_start + BM, T, window, qk_scale,
                                    skt, svt, BN, True)
     out = acc / l_i[:, None]
-    tl.store(o_ptr + b * sob + rm[:, None] * sot + hr[:, None] * soh + rd[None, :], out.to(o_ptr.dtype.element_ty),
+    tl.store(o_ptr + b * sob + rm[:, None] * sot + h * soh + rd[None, :], out.to(o_ptr.dtype.element_ty),
              mask=mask_m[:, None])
     if WRITE_SINK:
-        tl.store(sp_ptr + b * spb + hr * sph + rm, tl.exp2(sink - m_i) / l_i, mask=mask_m)
+        tl.store(sp_ptr + b * spb + h * sph + rm, tl.exp2(sink - m_i) / l_i, mask=mask_m)
 
 
 _attn_sinks_launch = Launcher(_attn_sinks_kernel)
@@ -122,12 +117,11 @@ def _check_heads(H: int, K: int, D: int) -> None:
 def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
                                window: int | None = None, scale: float | None = None, want_sink: bool = False,
                                block_m: int = 64, block_n: int = 64, num_warps: int = 4,
-                               num_stages: int | None = None, heads: int = 1):
+                               num_stages: int | None = None):
     """q [..., T, H, D], k/v [..., T, K, D], sinks [H] -> (out [..., T, H, D] in q.dtype,
     sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v).
     The block sizes and launch settings are for tests and benchmarks/attention_kernel.py; by default 3 stages
-    for full causal attention and 2 with a window (the faster of each on an H200: results/attention_kernel_*).
-    `heads` query heads of one key/value head share a program (and each key/value block it loads)."""
+    for full causal attention and 2 with a window (the faster of each on an H200: results/attention_kernel_*)."""
     *lead, T, H, D = q.shape
     K = k.shape[-2]
     _check_heads(H, K, D)
@@ -143,15 +137,13 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         num_stages = 2 if windowed else 3
     if block_m % block_n:
         raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
-    if heads < 1 or (H // K) % heads or heads & (heads - 1):
-        raise ValueError(f"heads {heads} a program must be a power of two dividing {H // K} (query heads a KV head)")
-    grid = (cdiv(T, block_m), H // heads, B)
+    grid = (cdiv(T, block_m), H, B)
     _attn_sinks_launch[grid](
         q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
         q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
         v3.stride(0), v3.stride(1), v3.stride(2), out.stride(0), out.stride(1), out.stride(2),
         sink_prob.stride(0) if want_sink else 0, sink_prob.stride(1) if want_sink else 0,
-        GROUP=H // K, D=D, BM=block_m, BN=block_n, HP=heads, WRITE_SINK=want_sink, WINDOWED=windowed,
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, WINDOWED=windowed,
         num_warps=num_warps, num_stages=num_stages)
     out = out.view(*lead, T, H, D)
     return out, (sink_prob.view(*lead, H, T) if want_sink else None)
