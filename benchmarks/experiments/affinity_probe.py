@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"))
 
+from eager_gap_probe import timed  # noqa: E402
 from probe_setup import probe_setup  # noqa: E402
 
 
@@ -41,16 +42,10 @@ def main() -> None:
                     model(ids)
                     torch.cuda.synchronize()
                     for _ in range(3):
-                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        t0 = time.perf_counter()
-                        a.record()
-                        model(ids)
-                        host = (time.perf_counter() - t0) * 1e3
-                        b.record()
-                        b.synchronize()
+                        event, host = timed(lambda: model(ids))
                         r = res.setdefault("all" if cpu is None else str(cpu), {"host_ms": [], "event_ms": []})
                         r["host_ms"].append(round(host, 3))
-                        r["event_ms"].append(round(a.elapsed_time(b), 3))
+                        r["event_ms"].append(round(event, 3))
             os.sched_setaffinity(0, allowed)
         row = {"T": T, "per_cpu": res,
                "median": {k: [round(statistics.median(v["host_ms"]), 2), round(statistics.median(v["event_ms"]), 2)]

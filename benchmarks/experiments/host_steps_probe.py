@@ -23,6 +23,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
+from busy_probe import cycles_per_ms  # noqa: E402
 from probe_setup import probe_setup  # noqa: E402
 
 from gptoss_viz.runtime import gptoss as gptoss_mod  # noqa: E402
@@ -38,17 +39,6 @@ def stamped(name, fn):
         STAMPS.append((name + "<", time.perf_counter()))
         return out
     return wrapper
-
-
-def cycles_per_ms() -> float:
-    torch.cuda._sleep(10_000_000)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(100_000_000)
-    end.record()
-    end.synchronize()
-    return 100_000_000 / start.elapsed_time(end)
 
 
 def main() -> None:

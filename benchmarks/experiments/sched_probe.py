@@ -38,9 +38,10 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"))
+    from eager_gap_probe import timed
     from probe_setup import probe_setup
 
-    out_, cfg, model, R, prompts = probe_setup([128, 1024])
+    _, cfg, model, R, prompts = probe_setup([128, 1024])
     flags, active = ctypes.c_uint(), ctypes.c_int()
     st["_cu"].cuDevicePrimaryCtxGetState(st["_dev"], ctypes.byref(flags), ctypes.byref(active))
     R["sched"] = sched
@@ -53,28 +54,14 @@ def main() -> None:
             for _ in range(3):
                 model(ids)
             torch.cuda.synchronize()
-            ev, host = [], []
-            for _ in range(11):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0 = time.perf_counter()
-                a.record()
-                model(ids)
-                host.append((time.perf_counter() - t0) * 1e3)
-                b.record()
-                b.synchronize()
-                ev.append(a.elapsed_time(b))
+            ev, host = zip(*[timed(lambda: model(ids)) for _ in range(11)])  # back to back
             idle_ev, idle_host = [], []
             for _ in range(5):
                 torch.cuda.synchronize()
                 time.sleep(0.5)
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0 = time.perf_counter()
-                a.record()
-                model(ids)
-                idle_host.append((time.perf_counter() - t0) * 1e3)
-                b.record()
-                b.synchronize()
-                idle_ev.append(a.elapsed_time(b))
+                e, h = timed(lambda: model(ids))
+                idle_ev.append(e)
+                idle_host.append(h)
         row.update({"forward_ms": round(statistics.median(ev), 3), "host_ms": round(statistics.median(host), 3),
                     "from_idle_ms": round(statistics.median(idle_ev), 3),
                     "from_idle_host_ms": round(statistics.median(idle_host), 3),
