@@ -24,13 +24,10 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
+from gap_probe import kernel_events, short, split_runs  # noqa: E402
 from probe_setup import capture, probe_setup  # noqa: E402
 
 from gptoss_viz.runtime import gptoss as gptoss_mod  # noqa: E402
-
-
-def short(name: str) -> str:
-    return name.split("(")[0].replace("void ", "")[:60]
 
 
 def timed(fn) -> tuple[float, float]:
@@ -44,18 +41,6 @@ def timed(fn) -> tuple[float, float]:
     b.record()
     b.synchronize()
     return a.elapsed_time(b), host
-
-
-def split_runs(ev, gap_us: float):
-    runs, cur = [], []
-    for e in ev:
-        if cur and e[1] - cur[-1][2] > gap_us:
-            runs.append(cur)
-            cur = []
-        cur.append(e)
-    if cur:
-        runs.append(cur)
-    return runs
 
 
 def run_stats(run) -> dict:
@@ -146,9 +131,7 @@ def main() -> None:
                     model(ids)
                     torch.cuda.synchronize()
                     time.sleep(0.02)
-            ev = sorted(((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-                         if e.device_type.name == "CUDA"), key=lambda x: x[1])
-            row["eager_runs"] = [run_stats(r) for r in split_runs(ev, 5000)]
+            row["eager_runs"] = [run_stats(r) for r in split_runs(kernel_events(prof), 5000)]
             for r in row["eager_runs"]:
                 print(T, "eager kernels", r["kernels"], "span", r["span_us"], "busy", r["busy_us"], "idle",
                       r["idle_us"], flush=True)

@@ -29,6 +29,25 @@ def short(name: str) -> str:
     return name[:60]
 
 
+def kernel_events(prof) -> list[tuple[str, float, float]]:
+    """A profile's GPU events (kernels, copies, memsets) as (name, start us, end us), by start."""
+    return sorted(((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type.name == "CUDA"), key=lambda x: x[1])
+
+
+def split_runs(ev, gap_us: float) -> list[list[tuple[str, float, float]]]:
+    """Events cut into runs wherever the GPU was idle for more than gap_us (one run a forward or replay)."""
+    runs, cur = [], []
+    for e in ev:
+        if cur and e[1] - cur[-1][2] > gap_us:
+            runs.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        runs.append(cur)
+    return runs
+
+
 def timeline(graph, replays: int = 5) -> list[list[tuple[str, float, float]]]:
     """Per replay, its kernels as (name, start us, end us), in order."""
     torch.cuda.synchronize()
@@ -37,16 +56,7 @@ def timeline(graph, replays: int = 5) -> list[list[tuple[str, float, float]]]:
             graph.replay()
             torch.cuda.synchronize()
             time.sleep(0.002)  # a gap that splits the replays apart
-    ev = sorted(((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-                 if e.device_type.name == "CUDA"), key=lambda x: x[1])
-    runs, cur = [], []
-    for e in ev:
-        if cur and e[1] - cur[-1][2] > 1000:  # > 1 ms idle: the next replay
-            runs.append(cur)
-            cur = []
-        cur.append(e)
-    runs.append(cur)
-    return runs
+    return split_runs(kernel_events(prof), 1000)  # > 1 ms idle: the next replay
 
 
 def clocks(graph, seconds: float = 3.0) -> dict:
