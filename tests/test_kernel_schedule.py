@@ -34,6 +34,29 @@ def test_schedule_covers_every_assignment_once(N, E, k, BM):
     assert (seen == 1).all(), f"rows covered {seen.min().item()}..{seen.max().item()} times, expected once"
 
 
+@pytest.mark.parametrize("N,E,k,BM", [(37, 8, 2, 16), (300, 32, 4, 64), (1024, 32, 4, 160), (129, 128, 4, 16),
+                                      (64, 4, 1, 16)])
+def test_schedule_runs_full_tiles_first_then_last_tiles_fullest_first(N, E, k, BM):
+    """Tile order: every tile of BM rows first (by expert, then by row), then each expert's shorter last tile, the
+    fullest first (equal ones by expert), then the spare tiles (empty, expert E - 1)."""
+    g = torch.Generator().manual_seed(N + E)
+    idx = torch.randn(N, E, generator=g).topk(k, -1).indices
+    idx[: N // 4] = torch.arange(k)  # skew: some experts with several tiles
+    s = moe_schedule(idx, E, BM)
+    rows = [min(int(e) - int(b), BM) for b, e in zip(s.tile_start, s.tile_end)]
+    real = [r for r in rows if r > 0]
+    assert rows == real + [0] * (len(rows) - len(real)), "a spare tile among the real ones"
+    assert all(int(e) == E - 1 for e, r in zip(s.tile_expert, rows) if r == 0)
+    assert real == sorted(real, reverse=True), "tiles not in decreasing row counts"
+    full = [(int(e), int(b)) for e, b, r in zip(s.tile_expert, s.tile_start, rows) if r == BM]
+    assert full == sorted(full), "the full tiles are not in expert and row order"
+    short = [int(e) for e, r in zip(s.tile_expert, rows) if 0 < r < BM]
+    assert len(short) == len(set(short)), "an expert with two short tiles"
+    assert all(short[i] < short[i + 1] for i in range(len(short) - 1) if real[len(full) + i] == real[len(full) + i + 1])
+    counts = torch.bincount(idx.reshape(-1), minlength=E)
+    assert sorted(short) == [e for e in range(E) if counts[e] % BM], "short tiles are not the experts' last ones"
+
+
 def test_hopper_tile_rule_takes_two_halves_for_few_rows_an_expert():
     """hopper_tile: 32+32 tiles of 128 output features a program (halves 2) for a mean of 4-63 rows an expert with
     64 or more experts (120b), and of 16-63 with fewer (20b's 32); the rest of the rule unchanged."""

@@ -197,20 +197,32 @@ def _schedule_kernel(idx_ptr, order_ptr, token_ptr, cursor_ptr, tile_expert_ptr,
 def _tile_table(counts, starts, ends, re, E, n_tiles, tile_expert_ptr, tile_start_ptr, tile_end_ptr,
                 BLOCK_M: tl.constexpr, TB: tl.constexpr):
     """The experts' row counts [EP] (0 past E) and their groups' first and end rows -> schedule.moe_schedule's
-    tile arrays: each expert's rows cut into tiles of BLOCK_M, in expert order; spare tiles empty."""
+    tile arrays: each expert's rows cut into tiles of BLOCK_M; first every tile of BLOCK_M rows (by expert), then
+    each expert's shorter last tile, the fullest first (equal ones by expert); spare tiles empty (expert E - 1)."""
+    EP: tl.constexpr = counts.shape[0]
     tiles = (counts + BLOCK_M - 1) // BLOCK_M
-    tile_ends = tl.cumsum(tiles, 0)
-    tile_begins = tile_ends - tiles
+    last = counts - (tiles - 1) * BLOCK_M  # rows of its last tile (BLOCK_M for an expert with none)
+    partial = (counts > 0) & (last < BLOCK_M)
+    full = tiles - partial.to(tl.int32)  # tiles of BLOCK_M rows
+    full_ends = tl.cumsum(full, 0)
+    full_begins = full_ends - full
+    n_full = tl.sum(full, 0)
+    n_real = n_full + tl.sum(partial.to(tl.int32), 0)
+    # the experts with a short last tile, fullest first, then by expert: sorted keys (unique), expert = key % EP
+    by_rows = tl.sort(tl.where(partial, BLOCK_M - last, BLOCK_M + 1) * EP + re) % EP
     for t0 in range(0, n_tiles, TB):
         t = t0 + tl.arange(0, TB)
-        e = tl.sum(((tile_ends[None, :] <= t[:, None]) & (re < E)[None, :]).to(tl.int32), 1)  # owner of tile t
-        valid = e < E
-        e = tl.minimum(e, E - 1)
+        in_full = t < n_full
+        e_full = tl.sum(((full_ends[None, :] <= t[:, None]) & (re < E)[None, :]).to(tl.int32), 1)
+        e_last = tl.sum(tl.where(re[None, :] == (t - n_full)[:, None], by_rows[None, :], 0), 1)
+        valid = t < n_real
+        e = tl.where(valid, tl.where(in_full, e_full, e_last), E - 1)
         sel = re[None, :] == e[:, None]  # one-hot [TB, EP]: gather by expert
         st = tl.sum(tl.where(sel, starts[None, :], 0), 1)
-        tb = tl.sum(tl.where(sel, tile_begins[None, :], 0), 1)
+        fb = tl.sum(tl.where(sel, full_begins[None, :], 0), 1)
+        nt = tl.sum(tl.where(sel, tiles[None, :], 0), 1)
         en = tl.sum(tl.where(sel, ends[None, :], 0), 1)
-        start = st + (t - tb) * BLOCK_M
+        start = tl.where(in_full, st + (t - fb) * BLOCK_M, st + (nt - 1) * BLOCK_M)
         m = t < n_tiles
         tl.store(tile_expert_ptr + t, e, mask=m)
         tl.store(tile_start_ptr + t, tl.where(valid, start, 0), mask=m)
