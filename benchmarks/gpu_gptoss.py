@@ -95,6 +95,21 @@ def idle_ms(fn, reps: int = 5, pause_s: float = 1.0) -> float:
     return statistics.median(times)
 
 
+def host_launch_ms(fn, reps: int = 5) -> float:
+    """Median host ms from calling fn() to its return, each call on a synchronised (idle) GPU: how long the host
+    takes to launch it. Where that is close to fn's CUDA-event time, the host set that time and the GPU waited for
+    it; these machines' hosts drift between a fast and a slow state for seconds at a time (RESULTS.md, twenty-first
+    session), so each row says which one it met."""
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def _nvml_id() -> str:
     """nvidia-smi's name for the current CUDA device: its PCI bus id where torch gives it (CUDA's numbering differs
     from nvidia-smi's under CUDA_VISIBLE_DEVICES), else the index."""
@@ -293,6 +308,7 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
             with Clocks() as clocks:  # (up to 1024 tokens the host sets the time and drifts: more calls)
                 row["forward_ms"] = gpu_ms(lambda: model(ids), reps=REPS_SHORT if T <= 1024 else 5)
             row["forward_clocks"] = clocks.summary()
+            row["forward_host_launch_ms"] = host_launch_ms(lambda: model(ids))
             if T == 1024:
                 row["forward_from_idle_ms"] = idle_ms(lambda: model(ids))
             row["forward_path"] = model.last_path
@@ -600,11 +616,13 @@ def phase_gpt2(R: dict, T: int = 1024) -> None:
 
 
 def _clock_note(row: dict, key: str) -> str:
-    """' | 1680 MHz, 690 W; from idle 16.9 ms' for a row's timed forward, where measured."""
+    """' | 1680 MHz, 690 W; from idle 16.9 ms; host launch 12.3 ms' for a row's timed forward, where measured."""
     c = row.get(key + "_clocks", {})
     note = f" | {c['sm_mhz_median']:.0f} MHz, {c['watts_median']:.0f} W" if "sm_mhz_median" in c else ""
     if key + "_from_idle_ms" in row:
         note += f"; from idle {row[key + '_from_idle_ms']:.1f} ms"
+    if key + "_host_launch_ms" in row:
+        note += f"; host launch {row[key + '_host_launch_ms']:.1f} ms"
     return note
 
 

@@ -57,3 +57,5 @@ def test_clock_note_in_the_summary_line():
     row = {"forward_clocks": {"sm_mhz_median": 1680.0, "watts_median": 690.4}, "forward_from_idle_ms": 16.94}
     assert gpu_gptoss._clock_note(row, "forward") == " | 1680 MHz, 690 W; from idle 16.9 ms"
     assert gpu_gptoss._clock_note({"forward_clocks": {"error": "no samples"}}, "forward") == ""
+    row["forward_host_launch_ms"] = 12.34
+    assert gpu_gptoss._clock_note(row, "forward") == " | 1680 MHz, 690 W; from idle 16.9 ms; host launch 12.3 ms"
