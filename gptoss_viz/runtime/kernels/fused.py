@@ -213,7 +213,7 @@ def _tile_table(counts, starts, ends, re, E, n_tiles, tile_expert_ptr, tile_star
     for t0 in range(0, n_tiles, TB):
         t = t0 + tl.arange(0, TB)
         in_full = t < n_full
-        e_full = tl.sum(((full_ends[None, :] <= t[:, None]) & (re < E)[None, :]).to(tl.int32), 1)
+        e_full = tl.sum((full_ends[None, :] <= t[:, None]).to(tl.int32), 1)  # tile t's expert, if t < n_full
         e_last = tl.sum(tl.where(re[None, :] == (t - n_full)[:, None], by_rows[None, :], 0), 1)
         valid = t < n_real
         e = tl.where(valid, tl.where(in_full, e_full, e_last), E - 1)

@@ -58,7 +58,7 @@ def moe_schedule(idx: torch.Tensor, n_experts: int, block_m: int) -> MoeSchedule
     n = max_tiles(A, n_experts, block_m)
     t = torch.arange(n, device=idx.device)
     in_full = t < n_full
-    e_full = torch.searchsorted(full_ends, t, right=True).clamp(max=n_experts - 1)  # tile t's expert, if t < n_full
+    e_full = torch.searchsorted(full_ends, t, right=True)  # tile t's expert, if t < n_full
     e_last = by_rows[(t - n_full).clamp(0, n_experts - 1)]  # the (t - n_full)-th partial tile's expert
     valid = t < n_full + partial.sum()
     e = torch.where(valid, torch.where(in_full, e_full, e_last), n_experts - 1)
