@@ -19,11 +19,15 @@ Phases (each guarded, results written after each so a cut-off run keeps what it 
             then the 1024-token forward and traces; the checkpoint is deleted afterwards
   hf20b     transformers on the same 20b checkpoint: eager attention with output_attentions and router logits,
             as an analysis user would run it (MXFP4 dequantized to bf16 at load: transformers' kernels for
-            packed MXFP4 need the `kernels` package and the Hub)
+            packed MXFP4 need the `kernels` package and the Hub); then, at 128 and 1024 tokens, our forward and
+            theirs in turns in one process, both models on the card (`paired`)
 
 Timings are CUDA-event medians after warm-up, the calls back to back (and, at 1024 tokens, also each after a
 second of idle GPU: `_from_idle_ms`); the GPU's SM clock and power while the forwards were timed are recorded next
-to them (`_clocks`). Memory is torch.cuda.max_memory_allocated around one call.
+to them (`_clocks`). The ratios the targets are about are also measured with the two sides in turns (the full trace
+and the forward: `full_trace_over_forward_paired`; ours and transformers: hf20b's `paired`), since the host's
+speed drifts over seconds and a series timed after the other can meet another state. Memory is
+torch.cuda.max_memory_allocated around one call.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ SPEC_TFLOPS = 989e12  # H100/H200 SXM dense bf16 (SPEC.md)
 SPEC_BW = {"H100": 3.35e12, "H200": 4.8e12}
 DEV = "cuda"  # the GPU (a module constant so the script's logic can be dry-run on the CPU)
 KEEP_AT = 512  # prompt length at which our logits are kept to compare with transformers
+PAIRED_TRACES = 7  # full traces timed in turns with the forward, per length (full_trace_over_forward_paired)
+PAIR_AT = (128, 1024)  # lengths at which ours and transformers run in turns in one process (phase_hf20b)
+PAIR_ROUNDS = 11
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,6 +115,29 @@ def host_launch_ms(fn, reps: int = 5) -> float:
         times.append((time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize()
     return statistics.median(times)
+
+
+def alternate_ms(fns: dict, rounds: int, warmup: int = 1) -> dict:
+    """CUDA-event ms of each of `fns` (name -> callable), called in turns, `rounds` times each: the host's and the
+    GPU's drifting states (RESULTS.md, twenty-first session) then fall on all of them alike, where timing one after
+    the other's whole series lets a drift between the two series decide their ratio. The order within a round is
+    reversed every other round, so neither always runs right after the other."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    torch.cuda.synchronize()
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            times[n].append(event_ms(fns[n]))
+    return times
+
+
+def paired_ratio(num: list, den: list) -> dict:
+    """Medians of two alternated series and of their round-by-round ratio num / den."""
+    return {"median_ratio": statistics.median(a / b for a, b in zip(num, den)),
+            "ratio_of_medians": statistics.median(num) / statistics.median(den)}
 
 
 def _nvml_id() -> str:
@@ -325,6 +355,20 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
                 row["full_trace_path"] = traces[-1].path
                 del traces
                 row["full_trace_peak_bytes"] = peak_bytes(lambda: run_trace(model, "x"))
+                # the trace against the forward in turns, both timed on the host from a synchronised GPU to the
+                # end of their work (run_trace's own clock; the forward's with a synchronise), as
+                # experiments/trace_ratio_probe.py: the ratio the target is about, with the host's drift on both
+                fwd, trc = [], []
+                for _ in range(PAIRED_TRACES):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    model(ids)
+                    torch.cuda.synchronize()
+                    fwd.append((time.perf_counter() - t0) * 1e3)
+                    trc.append(run_trace(model, "x").seconds * 1e3)
+                row["paired_forward_host_ms"] = [round(v, 2) for v in fwd]
+                row["paired_full_trace_ms"] = [round(v, 2) for v in trc]
+                row["full_trace_over_forward_paired"] = paired_ratio(trc, fwd)["median_ratio"]
             finally:
                 model.tokenizer = tok
             if T == reference_at:
@@ -555,9 +599,37 @@ def phase_hf20b(R: dict, ckpt: Path, lengths, deadline: float, ours_logits: dict
                 del res
         RH.setdefault("lengths", []).append(row)
         log.info("%s", json.dumps(row))
+    pair_lengths = [T for T in lengths if T in PAIR_AT and any(
+        r["T"] == T and "analysis_forward_ms" in r for r in RH.get("lengths", []))]
+    if pair_lengths and time.monotonic() < deadline:
+        paired(RH, hf, ckpt, ids_all, pair_lengths)
     del hf
     gc.collect()
     torch.cuda.empty_cache()
+
+
+def paired(RH: dict, hf, ckpt: Path, ids_all: torch.Tensor, pair_lengths: list) -> None:
+    """Our forward and transformers' analysis forward in one process, in turns (alternate_ms): the same-run ratio
+    with the host's and the GPU's drift on both. Back to back, our forwards hold the GPU at its power limit (its
+    clock falls) and theirs do not, and the two series run minutes apart; here each call follows one of the other
+    kind. Both models on the card at once (~13 + ~39 GiB at 1024 tokens)."""
+    ours = load_model(ckpt, device=DEV)
+    try:
+        for T in pair_lengths:
+            ids = ids_all[:T]
+            with torch.inference_mode(), Clocks() as clocks:
+                t = alternate_ms({"ours": lambda: ours(ids),
+                                  "hf": lambda: hf(ids[None], output_attentions=True, output_router_logits=True)},
+                                 PAIR_ROUNDS)
+            row = {"T": T, "ours_ms": [round(v, 3) for v in t["ours"]], "hf_ms": [round(v, 3) for v in t["hf"]],
+                   "ours_median_ms": statistics.median(t["ours"]), "hf_median_ms": statistics.median(t["hf"]),
+                   "clocks": clocks.summary(), "ours_path": ours.last_path, **paired_ratio(t["hf"], t["ours"])}
+            RH.setdefault("paired", []).append(row)
+            log.info("%s", json.dumps(row))
+    finally:
+        del ours
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def phase_gpt2(R: dict, T: int = 1024) -> None:
@@ -626,6 +698,15 @@ def _clock_note(row: dict, key: str) -> str:
     return note
 
 
+def _paired_line(r: dict) -> str:
+    """The summary line of one length of `paired`."""
+    c = r.get("clocks", {})
+    clock = f" | {c['sm_mhz_median']:.0f} MHz, {c['watts_median']:.0f} W" if "sm_mhz_median" in c else ""
+    return (f"in turns T={r['T']}: ours {r['ours_median_ms']:.1f} ms, transformers {r['hf_median_ms']:.1f} ms: "
+            f"{r['median_ratio']:.2f}x (median of {len(r['ours_ms'])} rounds' ratios; "
+            f"{r['ratio_of_medians']:.2f}x of the medians){clock}")
+
+
 def summary(R: dict) -> str:
     lines = [f"{R['env']['gpu']} {R['env']['date']}"]
     c = R.get("ceilings", {})
@@ -649,6 +730,8 @@ def summary(R: dict) -> str:
                          f"{r['forward_peak_bytes'] / GiB:.2f} GiB | lean {r['lean_trace_ms']:.1f} ms "
                          f"{r['lean_trace_peak_bytes'] / GiB:.2f} GiB | full {r['full_trace_ms']:.1f} ms "
                          f"{r['full_trace_peak_bytes'] / GiB:.2f} GiB"
+                         + (f" (x{r['full_trace_over_forward_paired']:.2f} in turns with the forward)"
+                            if "full_trace_over_forward_paired" in r else "")
                          + (f" | reference {r['reference_path_ms']:.1f} ms" if "reference_path_ms" in r else "")
                          + _clock_note(r, "forward"))
     dv = R.get("ours20b", {}).get("divergence_vs_fp32")
@@ -667,6 +750,8 @@ def summary(R: dict) -> str:
                      + (f" | ours vs hf resid err layer 0/last {r['ours_vs_hf_resid_rel_err_by_layer'][0]:.2g}/"
                         f"{r['ours_vs_hf_resid_rel_err_by_layer'][-1]:.2g}" if "ours_vs_hf_resid_rel_err_by_layer" in r
                         else ""))
+    for r in R.get("hf20b", {}).get("paired", []):
+        lines.append(_paired_line(r))
     g2 = R.get("gpt2")
     if g2 and "speedup_full_capture" in g2:
         lines.append(f"gpt2 124M T={g2['T']}: full capture ours {g2['ours_full_capture_ms']:.1f} ms "

@@ -59,3 +59,23 @@ def test_clock_note_in_the_summary_line():
     assert gpu_gptoss._clock_note({"forward_clocks": {"error": "no samples"}}, "forward") == ""
     row["forward_host_launch_ms"] = 12.34
     assert gpu_gptoss._clock_note(row, "forward") == " | 1680 MHz, 690 W; from idle 16.9 ms; host launch 12.3 ms"
+
+
+def test_alternate_ms_takes_turns_and_reverses_the_order(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpu_gptoss, "event_ms", lambda fn: fn())
+    monkeypatch.setattr(gpu_gptoss.torch.cuda, "synchronize", lambda: None)
+    fns = {"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 10.0}
+    t = gpu_gptoss.alternate_ms(fns, rounds=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then a round each way in turn
+    assert t == {"a": [2.0] * 4, "b": [10.0] * 4}
+    r = gpu_gptoss.paired_ratio([10.0, 12.0, 30.0], [2.0, 3.0, 3.0])
+    assert r["median_ratio"] == 5.0 and r["ratio_of_medians"] == 4.0
+
+
+def test_paired_line_in_the_summary():
+    row = {"T": 1024, "ours_ms": [19.0] * 11, "hf_ms": [86.0] * 11, "ours_median_ms": 19.04, "hf_median_ms": 86.31,
+           "median_ratio": 4.534, "ratio_of_medians": 4.533, "clocks": {"sm_mhz_median": 1980.0, "watts_median": 412.2}}
+    assert gpu_gptoss._paired_line(row) == (
+        "in turns T=1024: ours 19.0 ms, transformers 86.3 ms: 4.53x (median of 11 rounds' ratios; 4.53x of the "
+        "medians) | 1980 MHz, 412 W")
