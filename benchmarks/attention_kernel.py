@@ -11,8 +11,7 @@ launched alone would time the host) and its useful TFLOP/s (4 H D flops per allo
 p.v); the peer's time on full causal attention (the same allowed pairs) and ours / peer. With --stats, also the
 Trace's pattern statistics kernel (pattern_stats_fused: first-token and distance-bucket masses of gpt-oss's
 buckets) on the same q/k, its largest difference from the reference path (trace.pattern_reductions without the
-kernel) and its time over the attention kernel's default. With --rope, only the kernel rotating q itself (after
-rope_fused of k alone) against rope_fused of q and k followed by the kernel (rope_row).
+kernel) and its time over the attention kernel's default.
 """
 
 from __future__ import annotations
@@ -77,58 +76,16 @@ def stats_row(q, k, v, sinks, T: int, window: int | None) -> dict:
                                                              (dist - dist_ref).abs().max().item())}
 
 
-def rope_row(T: int, window: int | None, g: torch.Generator) -> dict:
-    """rope_fused of k alone, then the attention kernel rotating q itself (`rope_q=(cos, sin)`, what the model runs
-    where no hook reads the rotated q) against rope_fused of q and k then the kernel (what it runs where one does),
-    on q/k/v that are views of one projection as the model's are, gpt-oss-20b's YaRN tables: GPU time of each
-    (CUDA graphs) and whether the outputs are the same bits."""
-    from gptoss_viz.runtime.kernels.fused import rope_fused
-    from gptoss_viz.runtime.random_checkpoint import gptoss_config
-    from gptoss_viz.runtime.rope import inv_freq_for, rope_cos_sin
-
-    qkv = torch.randn(T, H + 2 * K, D, generator=g, device="cuda").to(torch.bfloat16)
-    q, k, v = qkv.split([H, K, K], dim=1)
-    sinks = torch.randn(H, generator=g, device="cuda").to(torch.bfloat16)
-    inv_freq, concentration = inv_freq_for(gptoss_config("20b"))
-    cos, sin = rope_cos_sin(torch.arange(T, device="cuda"), inv_freq.to("cuda"), concentration)
-
-    def separate():
-        q_rot, k_rot = rope_fused(q, cos, sin, k)
-        return attention_with_sinks_fused(q_rot, k_rot, v, sinks, window)[0]
-
-    def fused():
-        return attention_with_sinks_fused(q, rope_fused(k, cos, sin), v, sinks, window, rope_q=(cos, sin))[0]
-
-    same = torch.equal(separate(), fused())
-    rope_ms = graph_ms(lambda: rope_fused(q, cos, sin, k))
-    rope_k_ms = graph_ms(lambda: rope_fused(k, cos, sin))
-    sep_ms, fused_ms = graph_ms(separate), graph_ms(fused)
-    return {"T": T, "window": window, "kernel": "rope", "rope_ms": rope_ms, "rope_k_ms": rope_k_ms,
-            "rope_then_attention_ms": sep_ms, "rope_k_then_attention_rotating_q_ms": fused_ms,
-            "saved_us": (sep_ms - fused_ms) * 1e3, "bit_equal": same}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--lengths", type=int, nargs="*", default=[1024, 2048, 4096])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--stats", action="store_true", help="also time the pattern statistics kernel")
-    ap.add_argument("--rope", action="store_true",
-                    help="only q rotated in the kernel against rope_fused of q and k then the kernel (no variants)")
     args = ap.parse_args()
     R = {"date": datetime.date.today().isoformat(), "env": {"gpu": torch.cuda.get_device_name(),
          "torch": torch.__version__, "triton": __import__("triton").__version__}, "rows": []}
     g = torch.Generator(device="cuda").manual_seed(0)
-    if args.rope:
-        with torch.inference_mode():
-            for T in args.lengths:
-                for window in (None, 128):
-                    R["rows"].append(rope_row(T, window, g))
-                    print(json.dumps(R["rows"][-1]), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(R, indent=1))
-        return
     for T in args.lengths:
         q, k, v = (torch.randn(T, n, D, generator=g, device="cuda").to(torch.bfloat16) for n in (H, K, K))
         sinks = torch.randn(H, generator=g, device="cuda").to(torch.bfloat16)

@@ -9,8 +9,8 @@ whether the results are right (moe_hopper.trusted checks that on the GPU, once).
 
 Kernels compiled: RMSNorm (with and without the residual), RoPE, routing (and with the MoE schedule's grouping),
 the grouped rows' gather, the MoE schedule, the k-sum, attention with sinks (full causal and windowed, with and
-without the sink probability, and rotating q itself), the Trace's pattern statistics and top-5 predictions, moe.py's
-MXFP4 kernels, and on sm_90 the Hopper MoE kernels at every tile hopper_tile picks (and both decodes at one).
+without the sink probability), the Trace's pattern statistics and top-5 predictions, moe.py's MXFP4 kernels, and on
+sm_90 the Hopper MoE kernels at every tile hopper_tile picks (and both decodes at one).
 """
 
 from __future__ import annotations
@@ -95,10 +95,6 @@ def cases(arch: int) -> dict:
         "attention, full causal": lambda: attention.attention_with_sinks_fused(q, kk, v, sinks, None),
         "attention, window + sink probability": lambda: attention.attention_with_sinks_fused(
             q, kk, v, sinks, 16, want_sink=True),
-        "attention rotating q, full causal": lambda: attention.attention_with_sinks_fused(
-            q, kk, v, sinks, None, rope_q=(cos, sin)),
-        "attention rotating q, window": lambda: attention.attention_with_sinks_fused(
-            q, kk, v, sinks, 16, rope_q=(cos, sin)),
         "pattern statistics, full causal": lambda: attention.pattern_stats_fused(q, kk, sinks, None, [0, 1, 8, 64]),
         "pattern statistics, window": lambda: attention.pattern_stats_fused(q, kk, sinks, 16, [0, 1, 8, 64]),
     }

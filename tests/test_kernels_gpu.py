@@ -585,47 +585,6 @@ def test_attention_kernel_batched_and_strided():
     assert (sp - sink_ref).abs().max().item() <= SINK_ATOL
 
 
-@interpretable
-@pytest.mark.parametrize("window", ATTN_WINDOWS, ids=lambda w: f"window{w}")
-@pytest.mark.parametrize("T", ATTN_T)
-def test_attention_kernel_rotates_q_as_rope_fused(T, window):
-    """`rope_q=(cos, sin)`: the kernel rotates the unrotated q itself, once a program, and gives the output and
-    sink probabilities that it gives on rope_fused's rotated q (k rotated by rope_fused in both): bit for bit on the
-    GPU (the rotation is the same helper's, fused.rotate_halves); in the interpreter, whose dots are numpy's, to
-    fp32 rounding of the scores. q, k and v are strided views of one projection, and the tables are longer than
-    T, as the model's are."""
-    from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
-    from gptoss_viz.runtime.kernels.fused import rope_fused
-    from gptoss_viz.runtime.rope import rope_cos_sin, rope_inv_freq
-
-    H, K, D = ATTN_SHAPE
-    g = torch.Generator(device=DEVICE).manual_seed(T * 13 + (window or 0))
-    qkv = (2 * torch.randn(T, H + 2 * K, D, generator=g, device=DEVICE)).to(DTYPE)
-    q, k, v = qkv.split([H, K, K], dim=1)
-    sinks = (1 + torch.randn(H, generator=g, device=DEVICE)).to(DTYPE)
-    cos, sin = rope_cos_sin(torch.arange(T + 37, device=DEVICE), rope_inv_freq(D, 150000.0), 1.3466)
-    q_rot, k_rot = rope_fused(q, cos[:T], sin[:T], k)
-    assert torch.equal(rope_fused(k, cos[:T], sin[:T]), k_rot)  # (k alone, as the model rotates it then)
-    for blocks in ({}, {"block_m": 32, "block_n": 16}):
-        want, want_sp = attention_with_sinks_fused(q_rot, k_rot, v, sinks, window, want_sink=True, **blocks)
-        got, got_sp = attention_with_sinks_fused(q, k_rot, v, sinks, window, want_sink=True, rope_q=(cos, sin),
-                                                 **blocks)
-        where = f"attention rotating q in the kernel, T={T} window={window} {blocks}"
-        if CUDA:
-            assert torch.equal(got, want) and torch.equal(got_sp, want_sp), f"{where}: not bit for bit"
-        else:
-            assert (got.float() - want.float()).abs().max().item() <= 2e-3, where
-            assert (got_sp - want_sp).abs().max().item() <= SINK_ATOL, where
-        plain, _ = attention_with_sinks_fused(q, k_rot, v, sinks, window, **blocks)
-        assert not torch.equal(plain, want), f"{where}: q unrotated gives the same output: the test cannot tell"
-    with pytest.raises(ValueError, match="rope_q"):
-        attention_with_sinks_fused(q, k_rot, v, sinks, window, rope_q=(cos[:, :4], sin[:, :4]))
-    with pytest.raises(ValueError, match="rope_q"):
-        attention_with_sinks_fused(q, k_rot, v, sinks, window, rope_q=(cos.double(), sin.double()))
-    with pytest.raises(ValueError, match="rope_q"):
-        attention_with_sinks_fused(q, k_rot, v, sinks, window, rope_q=(cos[: T - 1], sin[: T - 1]))
-
-
 def _check_pattern_stats(T, window, seed, **blocks):
     """pattern_stats_fused against trace.pattern_reductions' reference path (the blocks of attention_with_sinks)."""
     from gptoss_viz.runtime.kernels.attention import pattern_stats_fused
@@ -997,61 +956,6 @@ def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
     assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
     assert n_plain == 1 + cfg.num_hidden_layers, f"{n_plain} RMSNorm launches: the first input norm and one a block"
     assert seen, "the hooks never ran"
-
-
-@pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
-def test_rope_of_q_in_the_attention_kernel_changes_no_logit(monkeypatch):
-    """With nothing listening at hook_q_rot the attention kernel rotates q itself and the RoPE launch rotates k
-    alone; an observer at hook_q_rot makes that layer rotate both in the RoPE launch and hands the hook the rotated
-    q. The logits stay the same bit for bit; hook_k_rot is handed the rotated k either way; a hook that replaces
-    q_rot changes the logits."""
-    from gptoss_viz.runtime.hooks import observer
-    from gptoss_viz.runtime.kernels import fused
-    from gptoss_viz.runtime.rope import apply_rope
-
-    cfg, model, ids = prepared_20b(2, seed=7, ids_seed=2)
-    calls, real = [], fused.rope_fused
-    monkeypatch.setattr(fused, "rope_fused", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
-    seen = {}
-
-    @observer
-    def keep(x, hook):
-        seen[hook.name] = x.clone()
-
-    def q_calls():  # rope_fused calls that rotated q too (a second tensor)
-        return sum(1 for a, kw in calls if len(a) > 3 or "k" in kw)
-
-    with torch.inference_mode():
-        plain = model(ids)
-        assert len(calls) == 2 and not q_calls(), f"{calls}: each layer should rotate k alone"
-        assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
-        T = ids.shape[-1]
-        cos, sin = model.rope(T, "cuda")
-        for names, with_q in ((["blocks.0.attn.hook_q_rot"], 1),
-                              (["blocks.1.attn.hook_k_rot", "blocks.1.attn.hook_k"], 0),
-                              (["blocks.1.attn.hook_q", "blocks.1.attn.hook_q_rot", "blocks.1.attn.hook_k_rot"], 1)):
-            calls.clear()
-            seen.clear()
-            with model.hooks([(n, keep) for n in names]):
-                got = model(ids)
-            assert torch.equal(got, plain), f"logits differ with {names} listened to"
-            assert len(calls) == 2 and q_calls() == with_q, (names, calls)
-            assert set(seen) == set(names)
-            if "blocks.1.attn.hook_k" in seen:
-                k_rot = apply_rope(seen["blocks.1.attn.hook_k"], cos, sin)
-                assert torch.equal(seen["blocks.1.attn.hook_k_rot"], k_rot)
-        assert torch.equal(seen["blocks.1.attn.hook_q_rot"], apply_rope(seen["blocks.1.attn.hook_q"], cos, sin))
-        with model.hooks([("blocks.0.attn.hook_q_rot", lambda x, hook: torch.zeros_like(x))]):
-            changed = model(ids)
-        assert not torch.equal(changed, plain), "a replaced q_rot did not reach the attention"
-        for block in model.blocks:
-            block.attn.rope_q_in_kernel = False
-        try:
-            calls.clear()
-            assert torch.equal(model(ids), plain) and q_calls() == 2, "q and k rotated in the RoPE launch"
-        finally:
-            for block in model.blocks:
-                block.attn.rope_q_in_kernel = True
 
 
 @interpretable

@@ -130,9 +130,6 @@ class Attention(nn.Module):
         self.hook_sink_prob = HookPoint("[H, T]", replaceable=False)  # the sink has no value: nothing reads it
         self.hook_out = HookPoint("[T, d]")
         self.use_kernels = True  # allow the Triton kernel where it computes the same thing (see fast_path_ok)
-        # the attention kernel rotates q itself where nothing reads the rotated q, and the RoPE launch only k (False:
-        # both in the RoPE launch, as when a hook listens at hook_q_rot; the same bits either way: for comparisons)
-        self.rope_q_in_kernel = True
         self.last_path = None  # "triton" or "reference": which path the last forward took
         self._qkv = None  # (weight, bias, the projections' addresses) that q/k/v_proj are views of, after fuse_qkv
 
@@ -191,26 +188,21 @@ class Attention(nn.Module):
         q = self.hook_q(q.view(*lead, T, H, D))  # [T, d] -> [T, H, D]
         k = self.hook_k(k.view(*lead, T, K, D))  # [T, d] -> [T, K, D]
         v = self.hook_v(v.view(*lead, T, K, D))
-        window = self.window if window is None else window
-        from_kernel = rope_q = None
+        from_kernel = None
         if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, one launch for q and k
             from gptoss_viz.runtime.kernels.fused import rope_fused, rope_fused_ok
 
             if rope_fused_ok(q) and rope_fused_ok(k):
-                if self.rope_q_in_kernel and self.hook_q_rot.idle and self.fast_path_ok(q):
-                    rope_q = (cos, sin)  # nothing reads the rotated q: the attention kernel rotates it
-                    from_kernel = q, rope_fused(k, cos, sin)
-                else:
-                    from_kernel = rope_fused(q, cos, sin, k)
+                from_kernel = rope_fused(q, cos, sin, k)
         q_rot, k_rot = from_kernel or (apply_rope(q, cos, sin), apply_rope(k, cos, sin))
-        q = q_rot if rope_q is not None else self.hook_q_rot(q_rot)
+        q = self.hook_q_rot(q_rot)
         k = self.hook_k_rot(k_rot)
-        if rope_q is not None or self.fast_path_ok(q):
+        window = self.window if window is None else window
+        if self.fast_path_ok(q):
             from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
 
             want_sink = self.hook_sink_prob.active
-            out, sink_prob = attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink,
-                                                        rope_q=rope_q)
+            out, sink_prob = attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink)
             if want_sink:
                 self.hook_sink_prob(sink_prob)  # [H, T] from the same softmax: exp(sink - logsumexp)
             self.last_path = "triton"

@@ -26,7 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gptoss_viz.runtime.kernels.fused import rotate_halves
 from gptoss_viz.runtime.kernels.launch import Launcher, cdiv, pow2
 
 
@@ -66,11 +65,11 @@ def _attn_keys(q, k_ptr, v_ptr, rm, rd, m_i, l_i, acc, n_lo, n_hi, T, window, qk
 
 
 @triton.jit
-def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr, cos_ptr, sin_ptr,
+def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr,
                        T, window, qk_scale,
-                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, spb, sph, stride_c,
+                       sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, spb, sph,
                        GROUP: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       WRITE_SINK: tl.constexpr, WINDOWED: tl.constexpr, ROPE_Q: tl.constexpr):
+                       WRITE_SINK: tl.constexpr, WINDOWED: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -79,20 +78,7 @@ def _attn_sinks_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, o_ptr, sp_ptr, cos_ptr, s
     rm = q_start + tl.arange(0, BM)  # query positions
     rd = tl.arange(0, D)
     mask_m = rm < T
-    qb = q_ptr + b * sqb + rm[:, None] * sqt + h * sqh
-    if ROPE_Q:  # the queries before RoPE: rotated here, once a program (cos / sin rows past T load as 0: never stored)
-        HALF: tl.constexpr = D // 2
-        DT: tl.constexpr = q_ptr.dtype.element_ty
-        rh = tl.arange(0, HALF)
-        q1 = tl.load(qb + rh[None, :], mask=mask_m[:, None], other=0.0).to(tl.float32)
-        q2 = tl.load(qb + HALF + rh[None, :], mask=mask_m[:, None], other=0.0).to(tl.float32)
-        cp = rm[:, None] * stride_c + rh[None, :]
-        c = tl.load(cos_ptr + cp, mask=mask_m[:, None], other=0.0)
-        s = tl.load(sin_ptr + cp, mask=mask_m[:, None], other=0.0)
-        q1, q2 = rotate_halves(q1, q2, c, s, DT)  # rope_fused's bits
-        q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (BM, D))  # [BM, D]: the two halves side by side
-    else:
-        q = tl.load(qb + rd[None, :], mask=mask_m[:, None], other=0.0)
+    q = tl.load(q_ptr + b * sqb + rm[:, None] * sqt + h * sqh + rd[None, :], mask=mask_m[:, None], other=0.0)
     LOG2E: tl.constexpr = 1.4426950408889634
     sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E  # the sink logit is not scaled by 1/sqrt(D)
     m_i = tl.zeros([BM], dtype=tl.float32) + sink  # running max, starting at the sink column
@@ -131,13 +117,9 @@ def _check_heads(H: int, K: int, D: int) -> None:
 def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
                                window: int | None = None, scale: float | None = None, want_sink: bool = False,
                                block_m: int = 64, block_n: int = 64, num_warps: int = 4,
-                               num_stages: int | None = None, rope_q: tuple[torch.Tensor, torch.Tensor] | None = None):
+                               num_stages: int | None = None):
     """q [..., T, H, D], k/v [..., T, K, D], sinks [H] -> (out [..., T, H, D] in q.dtype,
     sink_prob [..., H, T] fp32 if want_sink else None). Same maths as attend(attention_with_sinks(...), v).
-    `rope_q`: (cos, sin) [>= T, D/2] fp32: q is the projection before RoPE (k already rotated), rotated here once a
-    program as rope.apply_rope(q, cos[:T], sin[:T]) rotates it, with fused.rope_fused's bits: rope_fused then has
-    only k to rotate (8 heads of 20b's 72) where nothing needs the rotated q itself. (Keys rotated in the key loop
-    too cost the loop its pipelined loads: benchmarks/experiments/rope_in_attention.patch.)
     The block sizes and launch settings are for tests and benchmarks/attention_kernel.py; by default 3 stages
     for full causal attention and 2 with a window (the faster of each on an H200: results/attention_kernel_*)."""
     *lead, T, H, D = q.shape
@@ -147,18 +129,6 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     q3, k3, v3 = [t.reshape(-1, T, t.shape[-2], D) for t in (q, k, v)]  # [B, T, heads, D] (lists: less host time)
     q3, k3, v3 = [t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3)]
     B = q3.shape[0]
-    if rope_q is None:
-        cos = sin = q3
-        stride_c = 0
-    else:
-        cos, sin = rope_q
-        if (q.dtype not in (torch.bfloat16, torch.float16) or cos.dtype != torch.float32 or sin.dtype != cos.dtype
-                or cos.dim() != 2 or cos.shape[0] < T or cos.shape[1] != D // 2 or sin.shape != cos.shape):
-            raise ValueError(f"rope_q: cos / sin [>= {T}, {D // 2}] fp32 for a half-precision q; got "
-                             f"{tuple(cos.shape)} {cos.dtype}, {tuple(sin.shape)} {sin.dtype}, q {q.dtype}")
-        if cos.stride(-1) != 1 or sin.stride() != cos.stride():  # (the model's tables: rows of one layout)
-            cos, sin = cos.contiguous(), sin.contiguous()
-        stride_c = cos.stride(0)
     out = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
     sink_prob = torch.empty(B, H, T, device=q.device, dtype=torch.float32) if want_sink else out
     windowed = window is not None and int(window) < T  # a window as long as the sequence = full causal
@@ -169,11 +139,11 @@ def attention_with_sinks_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f"block_m {block_m} must be a multiple of block_n {block_n}")
     grid = (cdiv(T, block_m), H, B)
     _attn_sinks_launch[grid](
-        q3, k3, v3, sinks, out, sink_prob, cos, sin, T, win, float(scale) * math.log2(math.e),
+        q3, k3, v3, sinks, out, sink_prob, T, win, float(scale) * math.log2(math.e),
         q3.stride(0), q3.stride(1), q3.stride(2), k3.stride(0), k3.stride(1), k3.stride(2),
         v3.stride(0), v3.stride(1), v3.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        sink_prob.stride(0) if want_sink else 0, sink_prob.stride(1) if want_sink else 0, stride_c,
-        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, WINDOWED=windowed, ROPE_Q=rope_q is not None,
+        sink_prob.stride(0) if want_sink else 0, sink_prob.stride(1) if want_sink else 0,
+        GROUP=H // K, D=D, BM=block_m, BN=block_n, WRITE_SINK=want_sink, WINDOWED=windowed,
         num_warps=num_warps, num_stages=num_stages)
     out = out.view(*lead, T, H, D)
     return out, (sink_prob.view(*lead, H, T) if want_sink else None)

@@ -102,19 +102,6 @@ def rms_block(N: int) -> int:
 
 
 @triton.jit
-def rotate_halves(x1, x2, c, s, DT: tl.constexpr):
-    """apply_rope's rotation of the half-split pairs (x1, x2) (fp32 holding DT values) by the fp32 cos / sin c, s
-    -> (x1 c - x2 s, x2 c + x1 s) in DT, with the reference's roundings: c and s cast to the activation dtype DT,
-    each product and the sum or difference rounded to it. rope_fused and the attention kernel's in-kernel RoPE
-    (attention.py, `rope`) both rotate with it, so they give the same bits."""
-    c = _round_to(c, DT)
-    s = _round_to(s, DT)
-    o1 = _round_to(_round_to(x1 * c, DT) - _round_to(x2 * s, DT), DT).to(DT)
-    o2 = _round_to(_round_to(x2 * c, DT) + _round_to(x1 * s, DT), DT).to(DT)
-    return o1, o2
-
-
-@triton.jit
 def _rope_rows(x_ptr, cos_ptr, sin_ptr, out_ptr, t, n_heads, stride_xt, stride_xh, stride_c,
                HALF: tl.constexpr, BH: tl.constexpr):
     """Token t of x [T, heads, 2 * HALF], rotated, into out (contiguous)."""
@@ -122,12 +109,14 @@ def _rope_rows(x_ptr, cos_ptr, sin_ptr, out_ptr, t, n_heads, stride_xt, stride_x
     ri = tl.arange(0, HALF)
     mask = (rh < n_heads)[:, None]
     DT = out_ptr.dtype.element_ty
-    c = tl.load(cos_ptr + t * stride_c + ri)[None, :]
-    s = tl.load(sin_ptr + t * stride_c + ri)[None, :]
+    c = _round_to(tl.load(cos_ptr + t * stride_c + ri), DT)[None, :]  # cos.to(x.dtype)
+    s = _round_to(tl.load(sin_ptr + t * stride_c + ri), DT)[None, :]
     base = x_ptr + t * stride_xt + rh[:, None] * stride_xh + ri[None, :]
     x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
-    o1, o2 = rotate_halves(x1, x2, c, s, DT)
+    # each elementwise op of the reference rounds to the activation dtype: reproduce every rounding
+    o1 = _round_to(_round_to(x1 * c, DT) - _round_to(x2 * s, DT), DT).to(DT)
+    o2 = _round_to(_round_to(x2 * c, DT) + _round_to(x1 * s, DT), DT).to(DT)
     ob = out_ptr + t * (n_heads * 2 * HALF) + rh[:, None] * (2 * HALF) + ri[None, :]
     tl.store(ob, o1, mask=mask)
     tl.store(ob + HALF, o2, mask=mask)
