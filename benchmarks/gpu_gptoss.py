@@ -140,6 +140,26 @@ def paired_ratio(num: list, den: list) -> dict:
             "ratio_of_medians": statistics.median(num) / statistics.median(den)}
 
 
+def trace_pairs(model, ids: torch.Tensor, n: int) -> tuple[list, list, list]:
+    """n forwards and n full traces in turns (model.tokenizer must give `ids` for run_trace's text), both timed on
+    the host from a synchronised GPU to the end of their work (the forward's with a synchronise, the trace by
+    run_trace's own clock): the full trace's cost over the forward with the host's drift on both. Returns the
+    forwards' ms, the traces' ms, and each run_trace call's whole wall ms (its copies to the host too)."""
+    from gptoss_viz.trace import run_trace
+
+    fwd, trace, wall = [], [], []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(ids)
+        torch.cuda.synchronize()
+        fwd.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        trace.append(run_trace(model, "x").seconds * 1e3)
+        wall.append((time.perf_counter() - t0) * 1e3)
+    return fwd, trace, wall
+
+
 def _nvml_id() -> str:
     """nvidia-smi's name for the current CUDA device: its PCI bus id where torch gives it (CUDA's numbering differs
     from nvidia-smi's under CUDA_VISIBLE_DEVICES), else the index."""
@@ -355,17 +375,7 @@ def measure_model(model, cfg, lengths, R_model: dict, ceil: dict, deadline: floa
                 row["full_trace_path"] = traces[-1].path
                 del traces
                 row["full_trace_peak_bytes"] = peak_bytes(lambda: run_trace(model, "x"))
-                # the trace against the forward in turns, both timed on the host from a synchronised GPU to the
-                # end of their work (run_trace's own clock; the forward's with a synchronise), as
-                # experiments/trace_ratio_probe.py: the ratio the target is about, with the host's drift on both
-                fwd, trc = [], []
-                for _ in range(PAIRED_TRACES):
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    model(ids)
-                    torch.cuda.synchronize()
-                    fwd.append((time.perf_counter() - t0) * 1e3)
-                    trc.append(run_trace(model, "x").seconds * 1e3)
+                fwd, trc, _ = trace_pairs(model, ids, PAIRED_TRACES)
                 row["paired_forward_host_ms"] = [round(v, 2) for v in fwd]
                 row["paired_full_trace_ms"] = [round(v, 2) for v in trc]
                 row["full_trace_over_forward_paired"] = paired_ratio(trc, fwd)["median_ratio"]

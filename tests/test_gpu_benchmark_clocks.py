@@ -79,3 +79,18 @@ def test_paired_line_in_the_summary():
     assert gpu_gptoss._paired_line(row) == (
         "in turns T=1024: ours 19.0 ms, transformers 86.3 ms: 4.53x (median of 11 rounds' ratios; 4.53x of the "
         "medians) | 1980 MHz, 412 W")
+
+
+def test_trace_pairs_alternates_forward_and_trace(monkeypatch):
+    import types
+
+    import gptoss_viz.trace
+
+    calls = []
+    monkeypatch.setattr(gpu_gptoss.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(gptoss_viz.trace, "run_trace",
+                        lambda model, text: calls.append("trace") or types.SimpleNamespace(seconds=0.025))
+    fwd, trace, wall = gpu_gptoss.trace_pairs(lambda ids: calls.append("forward"), None, 3)
+    assert calls == ["forward", "trace"] * 3
+    assert len(fwd) == len(wall) == 3 and all(t >= 0 for t in fwd + wall)
+    assert trace == [25.0] * 3  # run_trace's own clock, in ms

@@ -5,7 +5,6 @@ end), interleaved, many times, so that the host's drifting speed hits both alike
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 
-from gpu_gptoss import IdsOnly  # noqa: E402
+from gpu_gptoss import IdsOnly, trace_pairs  # noqa: E402
 from probe_setup import probe_setup  # noqa: E402
 
 from gptoss_viz.trace import run_trace  # noqa: E402
@@ -25,20 +24,11 @@ def main() -> None:
     out, _, model, R, prompts = probe_setup([1024, 2048])
     for T, ids in prompts:
         model.tokenizer = IdsOnly(ids.tolist())
-        fwd, trace, wall = [], [], []  # wall: all of run_trace, the Trace's copies to the host too
         with torch.inference_mode():
             for _ in range(3):
                 model(ids)
                 run_trace(model, "x")
-            for _ in range(15):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                model(ids)
-                torch.cuda.synchronize()
-                fwd.append((time.perf_counter() - t0) * 1e3)
-                t0 = time.perf_counter()
-                trace.append(run_trace(model, "x").seconds * 1e3)
-                wall.append((time.perf_counter() - t0) * 1e3)
+            fwd, trace, wall = trace_pairs(model, ids, 15)  # wall: all of run_trace, the Trace's copies too
         ratios = [t / f for t, f in zip(trace, fwd)]
         row = {"T": T, "forward_ms": [round(v, 2) for v in fwd], "full_trace_ms": [round(v, 2) for v in trace],
                "median_forward_ms": statistics.median(fwd), "median_full_trace_ms": statistics.median(trace),
