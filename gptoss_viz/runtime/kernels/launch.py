@@ -7,7 +7,7 @@ gpt-oss forward makes ~9 such launches a layer, so at short prompts the host, no
 time.
 
 `Launcher(fn)[grid](*args, **constexprs)` launches the same compiled kernel with the same arguments. It keys its
-own cache on exactly what Triton 3.6 specialises an argument on, read directly from the arguments:
+own cache on exactly what Triton 3.6 and 3.7.1 specialise an argument on, read directly from the arguments:
 
 - a tensor: its dtype and whether its address is a multiple of 16 bytes;
 - an int: whether it is 1 (compiled in as a constant), whether it is a multiple of 16, and whether it needs 32,
@@ -28,8 +28,9 @@ keeping those per address, shape and strides (what the map is computed from), so
 is not encoded again on every launch (~4-5 us each, four a MoE kernel).
 
 Anything it does not know how to key (another argument type, a grid function, a launch hook installed by a
-profiler) goes through the JIT as before, and so does every launch on a Triton other than the version whose rules
-this reproduces (VERIFIED_TRITON).
+profiler) goes through the JIT as before, and so does every launch on a Triton other than the versions whose rules
+this reproduces (VERIFIED_TRITON). tests/test_launch_layout.py checks, with the installed Triton and no GPU, that a
+direct launch hands the C function what Triton's CudaLauncher hands it.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ from triton.runtime.driver import driver
 
 from gptoss_viz.runtime.kernels.verify import VERIFIED_TRITON
 
-# the Triton versions whose argument specialisation and launcher signature this module reproduces (3.6: the GPU
-# machine's, checked by the GPU tests; verify.py); any other version launches every kernel through its JIT
+# the Triton versions whose argument specialisation and launcher signature this module reproduces (those the GPU
+# tests ran on: verify.py); any other version launches every kernel through its JIT
 DIRECT = triton.__version__.startswith(VERIFIED_TRITON)
+# Triton 3.7 changed the compiled kernel's C launch function: it takes the launch metadata, hooks and scratch
+# buffers in another order, then the argument annotations and signature CudaLauncher builds, then the arguments as
+# one sequence (3.6: the scratch buffers first, the arguments spread)
+_LAUNCH_37 = not triton.__version__.startswith("3.6.")
 if DIRECT:
     from triton import knobs
     from triton.backends.nvidia import driver as _nvidia
@@ -57,7 +62,7 @@ except ImportError:  # a Triton without Gluon: no descriptor arguments to key
 
 def _hooked() -> bool:
     """Whether a launch hook is installed (a profiler's, e.g. Proton): those launches keep the JIT's path, which
-    calls them. Triton 3.6 keeps the hooks in chains that are never None, empty unless one was added."""
+    calls them. Triton 3.6 and 3.7 keep the hooks in chains that are never None, empty unless one was added."""
     for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
         if h is not None and getattr(h, "calls", True):
             return True
@@ -119,8 +124,9 @@ def _key(args) -> tuple:
 
 
 class _Direct:
-    """A compiled kernel's launch without Triton 3.6's CudaLauncher.__call__ and its tensor-descriptor wrapper
-    (driver.py: wrap_handle_tensordesc): the C launch function it ends in, called with what they would pass it."""
+    """A compiled kernel's launch without Triton's CudaLauncher.__call__ and its tensor-descriptor wrapper
+    (driver.py: wrap_handle_tensordesc): the C launch function it ends in, called with what they would pass it
+    (in Triton 3.6's order, or 3.7's: _LAUNCH_37)."""
 
     CACHE = 512  # tensor maps kept a kernel (a 36-layer model's weights take 72), all dropped when full
 
@@ -132,14 +138,18 @@ class _Direct:
             launch = cells["launcher"]
             self.descs = dict(zip(sorted(cells["tensordesc_indices"]), cells["tensordesc_meta"]))
         self.raw = launch
-        self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see build)
+        if _LAUNCH_37:  # the annotations and signature of the arguments as expanded (descriptors unpacked)
+            self.head = (run.launch_cooperative_grid, run.launch_pdl)
+            self.tail = (None, None, None, None, None, run.arg_annotations, run.kernel_signature)  # (see __call__)
+        else:
+            self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see build)
         self.maps = {}
 
     @classmethod
     def build(cls, run, n_args: int) -> "_Direct | None":
         """The direct launch of `run` (a compiled kernel's launcher), or None where it would not pass what
         CudaLauncher.__call__ passes (scratch memory to allocate; a descriptor among the keyword arguments, which
-        are constexprs; a launcher not laid out as Triton 3.6's): such kernels keep the JIT's launcher."""
+        are constexprs; a launcher not laid out as Triton 3.6's or 3.7's): such kernels keep the JIT's launcher."""
         if not (isinstance(run, _nvidia.CudaLauncher) and not getattr(run, "global_scratch_size", 1)
                 and not getattr(run, "profile_scratch_size", 1)):
             return None
@@ -156,7 +166,8 @@ class _Direct:
         meta = self.descs[i]
         if meta is None:  # holds the tensor itself: nothing to keep
             return _nvidia.make_tensordesc_arg(desc, meta)
-        key = (i, desc.base.data_ptr(), tuple(desc.shape), tuple(desc.strides), desc.padding)
+        key = (i, desc.base.data_ptr(), tuple(desc.shape), tuple(desc.strides), desc.padding,
+               getattr(desc, "round_f32_to_tf32", False))  # (3.7 on: an fp32 map may round to tf32)
         got = self.maps.get(key)
         if got is None:
             if len(self.maps) >= self.CACHE:
@@ -175,8 +186,13 @@ class _Direct:
                 full += self.expand(i, args[i])
                 at = i + 1
             args = (*full, *args[at:])
-        self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, None, None, None,
-                 *args, *tail)
+        if _LAUNCH_37:  # ..., the kernel's metadata, no launch metadata, hooks or scratch memory, the annotations,
+            # then the arguments: a list where the descriptor wrapper made one, else CudaLauncher.__call__'s tuple
+            seq = [*args, *tail] if self.descs else (*args, *tail)
+            self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, *self.tail, seq)
+        else:  # ..., no scratch memory, the kernel's metadata, no launch metadata or hooks, the arguments
+            self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, None, None, None,
+                     *args, *tail)
 
 
 class Launcher:
