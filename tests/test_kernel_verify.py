@@ -71,9 +71,8 @@ def test_the_hopper_self_test_catches_a_wrong_kernel(monkeypatch, break_it):
 @pytest.fixture
 def unverified_triton(monkeypatch):
     """moe_hopper sees a Triton it was not verified on; its trust is decided afresh, and forgotten afterwards."""
-    from gptoss_viz.runtime.kernels import moe_hopper
-
     from gptoss_viz.runtime import gptoss
+    from gptoss_viz.runtime.kernels import moe_hopper
 
     monkeypatch.setattr(moe_hopper.triton, "__version__", "3.99.0")
     caches = (moe_hopper._trusted, gptoss._hopper_moe_ok)  # (the model keeps the answer per shape too)

@@ -1,7 +1,7 @@
 """kernels/launch.py's direct launch (_Direct) hands the compiled kernel's C launch function exactly what Triton's own
 CudaLauncher hands it, in the installed Triton's order (3.6 and 3.7 differ), tensor-descriptor arguments expanded
-the same way. No GPU: a stand-in for the C function records each call. Skipped where Triton is not installed or the
-Launcher does not launch directly on its version (the GPU tests, test_launch_gpu.py, then run it on a GPU).
+the same way. No GPU: a stand-in for the C function records each call. Skipped where Triton is not installed, or
+on a Triton where the Launcher launches through the JIT. test_launch_gpu.py runs real launches on a GPU.
 """
 
 from __future__ import annotations

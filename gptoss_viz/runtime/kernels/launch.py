@@ -140,7 +140,7 @@ class _Direct:
         self.raw = launch
         if _LAUNCH_37:  # the annotations and signature of the arguments as expanded (descriptors unpacked)
             self.head = (run.launch_cooperative_grid, run.launch_pdl)
-            self.tail = (None, None, None, None, None, run.arg_annotations, run.kernel_signature)  # (see __call__)
+            self.after_meta = (None, None, None, None, None, run.arg_annotations, run.kernel_signature)
         else:
             self.head = (run.launch_cooperative_grid, run.launch_pdl, None, None)  # no scratch memory (see build)
         self.maps = {}
@@ -189,7 +189,8 @@ class _Direct:
         if _LAUNCH_37:  # ..., the kernel's metadata, no launch metadata, hooks or scratch memory, the annotations,
             # then the arguments: a list where the descriptor wrapper made one, else CudaLauncher.__call__'s tuple
             seq = [*args, *tail] if self.descs else (*args, *tail)
-            self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, *self.tail, seq)
+            self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, *self.after_meta,
+                     seq)
         else:  # ..., no scratch memory, the kernel's metadata, no launch metadata or hooks, the arguments
             self.raw(grid[0], g1, g2, stream, kernel.function, *self.head, kernel.packed_metadata, None, None, None,
                      *args, *tail)
