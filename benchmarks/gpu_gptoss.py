@@ -296,8 +296,13 @@ def bound_ms(cfg, T: int, tflops: float, bw: float) -> dict:
 def phase_env(R: dict) -> None:
     p = torch.cuda.get_device_properties(0)
     import triton
+    from gptoss_viz.runtime.kernels import launch, verify
+
     R["env"] = {"gpu": p.name, "gpu_memory_bytes": p.total_memory, "sms": p.multi_processor_count,
-                "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__}
+                "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
+                # on a Triton the GPU tests did not run on, launches go through its JIT (more host time a forward)
+                # and the Hopper MoE kernels run only after their self-test (kernels/verify.py)
+                "triton_verified": verify.verified(triton.__version__), "direct_launches": launch.DIRECT}
     try:
         import transformers
         R["env"]["transformers"] = transformers.__version__
