@@ -3,11 +3,12 @@ its K loops: instructions a loop iteration (two K steps) by opcode, with the CTA
 wgmmas counted. Triton's JIT needs an active driver to pick the target, so a stand-in one names sm_90; the
 arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors over them; nothing is launched).
 
-    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [u] [ws] [--dump FILE.sass]
+    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [u] [ws] [c2] [--dump FILE.sass]
 
 (`h2`: 128 output features a program, HopperTile.halves = 2 (eleventh session); `ws`: the warp-specialised
 variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session;
-`u`: the K loop unrolled 2 * STAGES steps, HopperTile.unroll, fourteenth session.)
+`u`: the K loop unrolled 2 * STAGES steps, HopperTile.unroll, fourteenth session; `c2`: a cluster of two CTAs
+sharing each activation tile by TMA multicast, moe_mxfp4_hopper's `cluster`, twenty-fourth session, Triton 3.7 on.)
 
 Tenth session (issue 6): a K step of the 128+32 tile is ~270 instructions a warp with 5 CTA barriers
 (RESULTS.md). The counts depend on the Triton version (the GPU machine's is 3.6).
@@ -32,7 +33,8 @@ from kernel_compat import _Target  # noqa: E402  (a stand-in driver that names t
 
 
 def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg: int = 0, tokens: int = 1024,
-                   ws: bool = False, halves: int = 1, one_multiply: bool = False, unroll: bool = False):
+                   ws: bool = False, halves: int = 1, one_multiply: bool = False, unroll: bool = False,
+                   cluster: int = 1):
     driver.set_active(_Target(90))
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -59,15 +61,20 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         extra["ONE_MULTIPLY"] = one_multiply
     if "UNROLL" in mh._moe_hopper_kernel.arg_names:
         extra["UNROLL"] = unroll
-    bop = mh.BO * halves
+    bop = mh.BO * halves * cluster
+    rows_layout = (lambda r: mh._rows_layout(r, cluster)) if cluster > 1 else mh._rows_layout  # noqa: E731
+    if cluster > 1:  # moe_hopper's `cluster` (twenty-fourth session; Triton 3.7 on)
+        if "CL" not in mh._moe_hopper_kernel.arg_names:
+            raise SystemExit("c2: apply benchmarks/experiments/moe_hopper_multicast.patch first")
+        extra.update(CL=cluster, num_ctas=cluster)
     return mh._moe_hopper_kernel.warmup(
-        TensorDescriptor.from_tensor(rows, [bt, 64], mh._rows_layout(bt)),
-        TensorDescriptor.from_tensor(rows, [bxk, 64], mh._rows_layout(bxk)),
-        TensorDescriptor.from_tensor(words, [bop, 8], mh._WORDS),
-        TensorDescriptor.from_tensor(scales, [1, 2 * bop], mh._SCALES),
+        TensorDescriptor.from_tensor(rows, [bt, 64], rows_layout(bt)),
+        TensorDescriptor.from_tensor(rows, [bxk, 64], rows_layout(bxk)),
+        TensorDescriptor.from_tensor(words, [bop, 8], mh._WORDS_CL if cluster > 1 else mh._WORDS),
+        TensorDescriptor.from_tensor(scales, [1, 2 * bop], mh._SCALES_CL if cluster > 1 else mh._SCALES),
         i32, torch.empty(A, dtype=torch.bfloat16), bias, out, i32, i32, i32, K, N, bias.stride(0), out.stride(0),
-        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=mh.BO, STAGES=stages, NARROW=bt >= 64, num_warps=4,
-        grid=(1,), **extra)
+        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=bop // halves, STAGES=stages, NARROW=bt >= 64 and cluster == 1,
+        num_warps=4, grid=(1,), **extra)
 
 
 def sass_of(kernel) -> tuple[str, str]:
@@ -109,7 +116,8 @@ def main() -> None:
     bt, bx, stages = (int(a) for a in args[:3])
     maxnreg = next((int(a[1:]) for a in args[3:] if a.startswith("r")), 0)
     kernel = compile_kernel(bt, bx, stages, gate_up="down" not in args, maxnreg=maxnreg, ws="ws" in args,
-                            halves=2 if "h2" in args else 1, one_multiply="om" in args, unroll="u" in args)
+                            halves=2 if "h2" in args else 1, one_multiply="om" in args, unroll="u" in args,
+                            cluster=2 if "c2" in args else 1)
     sass, usage = sass_of(kernel)
     print(f"shared {kernel.metadata.shared} B;", re.search(r"REG:\d+.*?LOCAL:\d+", usage).group(0))
     for loop in k_loops(sass):

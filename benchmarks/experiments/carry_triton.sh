@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Triton for the GPU machine (Python 3.12, torch 2.11 with Triton 3.6), in parts small enough to carry: the wheel
+# from PyPI without CUPTI, ptxas-blackwell, Proton and the test plugins, libtriton.so stripped of its symbols,
+# xz-compressed and split into 25 MB parts under .t371/ (ignored by git). Twenty-fourth session: 198 MB -> 49.5 MB.
+#
+#   benchmarks/experiments/carry_triton.sh [VERSION]          (default 3.7.1: what the pinned torch 2.13 brings)
+#
+# Then, on one warm machine (it is handed back after 30 s idle), call after call:
+#   run(carry=[".t371/part00"], "cp .t371/part00 /tmp/part00")
+#   run(carry=[".t371/part01"], "cat /tmp/part00 .t371/part01 > /tmp/t.tar.xz && mkdir -p /tmp/t371 &&
+#       tar xJf /tmp/t.tar.xz -C /tmp/t371 && PYTHONPATH=/tmp/t371 python ...")
+# (A call's carry replaces the folder there, so each part is copied out of it before the next call.)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+version="${1:-3.7.1}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d "$work" "triton==$version"
+(cd "$work" && mkdir x && cd x && unzip -q ../triton-*.whl \
+  && rm -rf triton/backends/nvidia/lib/cupti triton/backends/nvidia/bin/ptxas-blackwell triton/instrumentation \
+            triton/_C/libproton.so triton/plugins triton/FileCheck \
+  && strip --strip-unneeded triton/_C/libtriton.so \
+  && tar cf - triton triton-*.dist-info | xz -9 -T2 > "$work/t.tar.xz")
+grep -qx "/.t371/" .git/info/exclude 2>/dev/null || echo "/.t371/" >> .git/info/exclude
+rm -rf .t371 && mkdir .t371
+split -b 25000000 -d "$work/t.tar.xz" .t371/part
+ls -l .t371
