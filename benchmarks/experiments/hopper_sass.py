@@ -8,7 +8,8 @@ arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors o
 (`h2`: 128 output features a program, HopperTile.halves = 2 (eleventh session); `ws`: the warp-specialised
 variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session;
 `u`: the K loop unrolled 2 * STAGES steps, HopperTile.unroll, fourteenth session; `c2`: a cluster of two CTAs
-sharing each activation tile by TMA multicast, moe_mxfp4_hopper's `cluster`, twenty-fourth session, Triton 3.7 on.)
+sharing each activation tile by TMA multicast, HopperTile.cluster, twenty-fourth session, Triton 3.7 on, with
+experiments/moe_hopper_multicast.patch applied.)
 
 Tenth session (issue 6): a K step of the 128+32 tile is ~270 instructions a warp with 5 CTA barriers
 (RESULTS.md). The counts depend on the Triton version (the GPU machine's is 3.6).
@@ -63,7 +64,7 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         extra["UNROLL"] = unroll
     bop = mh.BO * halves * cluster
     rows_layout = (lambda r: mh._rows_layout(r, cluster)) if cluster > 1 else mh._rows_layout  # noqa: E731
-    if cluster > 1:  # moe_hopper's `cluster` (twenty-fourth session; Triton 3.7 on)
+    if cluster > 1:  # HopperTile.cluster (twenty-fourth session; Triton 3.7 on)
         if "CL" not in mh._moe_hopper_kernel.arg_names:
             raise SystemExit("c2: apply benchmarks/experiments/moe_hopper_multicast.patch first")
         extra.update(CL=cluster, num_ctas=cluster)
@@ -73,8 +74,8 @@ def compile_kernel(bt: int, bx: int, stages: int, gate_up: bool = True, maxnreg:
         TensorDescriptor.from_tensor(words, [bop, 8], mh._WORDS_CL if cluster > 1 else mh._WORDS),
         TensorDescriptor.from_tensor(scales, [1, 2 * bop], mh._SCALES_CL if cluster > 1 else mh._SCALES),
         i32, torch.empty(A, dtype=torch.bfloat16), bias, out, i32, i32, i32, K, N, bias.stride(0), out.stride(0),
-        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=bop // halves, STAGES=stages, NARROW=bt >= 64 and cluster == 1,
-        num_warps=4, grid=(1,), **extra)
+        7.0, 1.702, GATE_UP=gate_up, TOP_K=k, BT=bt, BX=bxk, BO=bop // halves, STAGES=stages,
+        NARROW=bt >= 64 and cluster == 1, num_warps=4, grid=(1,), **extra)
 
 
 def sass_of(kernel) -> tuple[str, str]:
