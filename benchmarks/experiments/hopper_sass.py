@@ -3,7 +3,7 @@ its K loops: instructions a loop iteration (two K steps) by opcode, with the CTA
 wgmmas counted. Triton's JIT needs an active driver to pick the target, so a stand-in one names sm_90; the
 arguments are CPU tensors shaped as gpt-oss-20b's at run time (TMA descriptors over them; nothing is launched).
 
-    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [u] [ws] [c2] [--dump FILE.sass]
+    python benchmarks/experiments/hopper_sass.py BT BX STAGES [down] [rMAXNREG] [h2] [om] [u] [ws] [c2] [--dump F]
 
 (`h2`: 128 output features a program, HopperTile.halves = 2 (eleventh session); `ws`: the warp-specialised
 variant of experiments/moe_hopper_ws_loader.patch, once applied; `om`: the one-multiply decode, twelfth session;
