@@ -76,10 +76,10 @@ def probe(argv: list[str]) -> None:
     out, cfg, model, R, prompts = probe_setup([1024])
     R["triton"] = triton.__version__
     R["ptxas"] = os.environ.get("TRITON_PTXAS_PATH", "triton's own")
-    from gptoss_viz.runtime.kernels import moe_hopper
+    from gptoss_viz.runtime.kernels import launch, moe_hopper
 
-    R["hopper_moe_trusted"] = moe_hopper.trusted(torch.device("cuda"))  # (self-test on a Triton other than 3.6)
-    R["paths"] = None
+    R["hopper_moe_trusted"] = moe_hopper.trusted(torch.device("cuda"))  # (its self-test on an unverified Triton)
+    R["direct_launches"] = launch.DIRECT  # (else every launch through the JIT: more host time)
     for T, ids in prompts:
         with torch.inference_mode():
             logits = model(ids)
