@@ -9,11 +9,9 @@ set -x
 cat /tmp/part00 .t371/part01 > /tmp/t.tar.xz && mkdir -p /tmp/t371 && tar xJf /tmp/t.tar.xz -C /tmp/t371 || exit 3
 export PYTHONPATH=/tmp/t371
 git apply benchmarks/experiments/moe_hopper_multicast.patch || exit 4
-for m in "${@:-0 1 2}"; do
-  for s in $m; do
-    GPTOSS_CLUSTER_SYNC=$s timeout 250 python benchmarks/moe_hopper.py --out "$OUT/sync$s.json" --counts 1024 2048 \
-      --tiles auto "128+32 nonarrow" "128+32 c2" "128+32 s2 c2" "128+64 c2" 2>&1 | grep -v Warn | tail -14
-    GPTOSS_CLUSTER_SYNC=$s timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_gpu.py \
-      -k "clusters_equals and 128" 2>&1 | tail -3 | tee "$OUT/test_sync$s.log"
-  done
+for s in ${*:-0 1 2}; do
+  GPTOSS_CLUSTER_SYNC=$s timeout 250 python benchmarks/moe_hopper.py --out "$OUT/sync$s.json" --counts 1024 2048 \
+    --tiles auto "128+32 nonarrow" "128+32 c2" "128+32 s2 c2" "128+64 c2" 2>&1 | grep -v Warn | tail -14
+  GPTOSS_CLUSTER_SYNC=$s timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_gpu.py \
+    -k "clusters_equals and 128" 2>&1 | tail -3 | tee "$OUT/test_sync$s.log"
 done
