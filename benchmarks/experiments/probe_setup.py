@@ -1,8 +1,11 @@
 """What the 20b probes share: `PROBE.py OUT.json [LENGTHS]` -> the output path, the random 20b model (or `size`'s)
 built in GPU memory (seed 0, its kernels prepared as load_model does), a results dict, and random prompt ids for
 each length (seed 0, drawn in order); the MoE kernels' GPU time inside a forward; variants of the model timed
-in turn (`alternate`); and CUDA-graph capture and replay timing (`capture`, `replay_ms`)."""
+in turn (`alternate`); and CUDA-graph capture and replay timing (`capture`, `replay_ms`). PROBE_ROOT in the
+environment: import gptoss_viz from that checkout instead (another version of the code, for A/B runs such as
+toolchain_probe.py's `after=PROBE_ROOT=/tmp/patched`)."""
 
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(os.environ.get("PROBE_ROOT") or Path(__file__).resolve().parents[2])
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
