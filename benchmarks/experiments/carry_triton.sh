@@ -9,7 +9,8 @@
 #   run(carry=[".t371/part00"], "cp .t371/part00 /tmp/part00")
 #   run(carry=[".t371/part01"], "cat /tmp/part00 .t371/part01 > /tmp/t.tar.xz && mkdir -p /tmp/t371 &&
 #       tar xJf /tmp/t.tar.xz -C /tmp/t371 && PYTHONPATH=/tmp/t371 python ...")
-# (A call's carry replaces the folder there, so each part is copied out of it before the next call.)
+# (A call's carry replaces the folder there, so each part is copied out of it before the next call.) Scripts that
+# run in the second call source unpack_triton.sh for that step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 version="${1:-3.7.1}"

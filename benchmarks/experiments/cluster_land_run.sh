@@ -10,10 +10,7 @@
 #                                                            graph replay, eager forward, MoE ms, logits checksums)
 # Results under $OUT. Both steps can run on one warm machine, in either order.
 set -x
-if [ ! -d /tmp/t371/triton ]; then
-  cat /tmp/part00 .t371/part01 > /tmp/t.tar.xz && mkdir -p /tmp/t371 && tar xJf /tmp/t.tar.xz -C /tmp/t371 || exit 3
-fi
-export PYTHONPATH=/tmp/t371
+source "$(dirname "$0")/unpack_triton.sh" || exit 3
 if [ ! -d /tmp/patched ]; then
   cp -r . /tmp/patched && (cd /tmp/patched && git apply benchmarks/experiments/moe_hopper_cluster_gate_up.patch) \
     || { rm -rf /tmp/patched; exit 4; }

@@ -8,10 +8,7 @@
 #
 #   bash benchmarks/experiments/multicast_run.sh [SYNC ...]      (default: 0 1 2; results under $OUT)
 set -x
-if [ ! -d /tmp/t371/triton ]; then
-  cat /tmp/part00 .t371/part01 > /tmp/t.tar.xz && mkdir -p /tmp/t371 && tar xJf /tmp/t.tar.xz -C /tmp/t371 || exit 3
-fi
-export PYTHONPATH=/tmp/t371
+source "$(dirname "$0")/unpack_triton.sh" || exit 3
 if git apply --check benchmarks/experiments/moe_hopper_multicast.patch 2>/dev/null; then
   git apply benchmarks/experiments/moe_hopper_multicast.patch || exit 4
 fi
