@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device commands that decide whether experiments/moe_hopper_cluster_gate_up.patch lands (twenty-fifth session
-# wrote it; nothing of it has run on a GPU in product form). Triton 3.7.1 comes as carry_triton.sh's two parts:
-# call 1 copies .t371/part00 to /tmp; this script, in call 2 with .t371/part01 carried, unpacks it.
+# wrote it; nothing of it has run on a GPU in product form). Triton 3.7.1 comes from carry_triton.sh: its one lite
+# part (.t371/lite.tar.xz) carried by each call, or its two parts (call 1 copies .t371/part00 to /tmp; this script,
+# in call 2 with .t371/part01 carried, unpacks it).
 #
 #   bash benchmarks/experiments/cluster_land_run.sh tests    (~4 min: the patched checkout's two cluster tests)
 #   bash benchmarks/experiments/cluster_land_run.sh rest     (up to 10 min: the rest of its GPU tests)
