@@ -10,7 +10,7 @@ whether the results are right (moe_hopper.trusted checks that on the GPU, once).
 Kernels compiled: RMSNorm (with and without the residual), RoPE, routing (and with the MoE schedule's grouping),
 the grouped rows' gather, the MoE schedule, the k-sum, attention with sinks (full causal and windowed, with and
 without the sink probability), the Trace's pattern statistics and top-5 predictions, moe.py's MXFP4 kernels, and on
-sm_90 the Hopper MoE kernels at every tile hopper_tile picks (and both decodes at one).
+sm_90 the Hopper MoE kernels at every tile hopper_tile and gate_up_cluster pick (and both decodes at one).
 """
 
 from __future__ import annotations
@@ -118,10 +118,12 @@ def cases(arch: int) -> dict:
         hop = list(moe_args)
         for i in (3, 4, 6, 7):
             hop[i] = (to_hopper_order if i in (3, 6) else to_hopper_scales)(hop[i])
-        tiles = sorted({moe_hopper.hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)})
+        picked = {moe_hopper.hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)}
+        tiles = sorted(picked | {moe_hopper.gate_up_cluster(t, moe_hopper.CLUSTERS) for t in picked})
         for tile in tiles:
-            for one in ((True, False) if tile.bt == 128 and tile.bx == 32 else (True,)):
-                name = f"Hopper MoE kernels, {tile.bt}+{tile.bx} x{tile.halves}" + ("" if one else ", two multiplies")
+            for one in ((True, False) if tile.bt == 128 and tile.bx == 32 and tile.cluster == 1 else (True,)):
+                name = (f"Hopper MoE kernels, {tile.bt}+{tile.bx} x{tile.halves}" + (" c2" if tile.cluster == 2 else "")
+                        + ("" if one else ", two multiplies"))
                 c[name] = lambda tile=tile, one=one: moe_hopper.moe_mxfp4_hopper(*hop, tile=tile, one_multiply=one)
     return c
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile
+from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, gate_up_cluster, hopper_tile
 from gptoss_viz.runtime.kernels.schedule import max_tiles, moe_schedule
 
 
@@ -69,3 +69,13 @@ def test_hopper_tile_rule_takes_two_halves_for_few_rows_an_expert():
     assert hopper_tile(64, 32) == HopperTile(64, 32, 3, maxnreg=128)
     assert all(hopper_tile(m, 128).halves == 1 for m in (0.03, 1, 3.9, 64, 100, 200, 600))
     assert hopper_tile(80, 128) == hopper_tile(80, 32) == HopperTile(64, 32, 3, maxnreg=128)
+
+
+def test_gate_up_runs_128_row_tiles_as_clusters_where_triton_has_them():
+    """gate_up_cluster: hopper_tile's 128+32 tile (20b at 1024-4095 tokens) runs gate_up as clusters of two programs
+    with narrow tiles off, only where Triton has clusters; every other tile, and down's, stay as chosen."""
+    t = hopper_tile(1024 * 4 / 32, 32)
+    assert gate_up_cluster(t, True) == HopperTile(128, 32, 3, narrow=False, cluster=2)
+    assert gate_up_cluster(t, False) == t
+    others = {hopper_tile(m, e) for m in (0.5, 5, 20, 40, 80, 600) for e in (32, 128)}
+    assert t not in others and all(gate_up_cluster(o, True) == o for o in others)

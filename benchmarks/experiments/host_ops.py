@@ -130,7 +130,7 @@ def moe_probe() -> None:
     ex = m.experts
     x = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
     idx, w = route(m.router(x), k)
-    bt, bx, stages, maxnreg, narrow, halves = mh.hopper_tile(T * k / E, E)
+    bt, bx, stages, maxnreg, narrow, halves = mh.hopper_tile(T * k / E, E)[:6]
     s = moe_schedule_fused(idx, E, bt + bx)
     xs = x.index_select(0, s.token)
     lay, lay2 = mh._rows_layout(bt), mh._rows_layout(bx)

@@ -24,7 +24,13 @@ BT rows (routing scatters the rows per expert around their mean) does not take a
 weights again; a tile of at most BT/4 or BT/2 rows (an expert's last, or a rarely chosen expert's) runs a wgmma
 only that wide, on the first rows of its stage (`HopperTile.narrow`; 1.9% less MoE time in the 20b forward at 1024
 tokens, benchmarks/experiments/narrow_probe.py). Tiles of one row range launch next to each other (feature tiles
-first): they share the activations in L2.
+first): they share the activations in L2. With `HopperTile.cluster` = 2 (Triton 3.7's Gluon cluster API,
+`CLUSTERS`; hopper_tiles.gate_up_cluster picks it for gate_up's 128+32 tiles), two programs on neighbouring
+feature tiles form a cluster and CTA 0 multicasts each activation tile to both, so a tile leaves L2 once for 128
+features. The two CTAs meet by a relaxed cluster arrive before each wgmma and a wait before the stage's refill, and
+the epilogue converts its accumulator through the dead activation stages (68 KB of shared memory, 3 CTAs an SM).
+On an H100 the 20b forward's GPU work (CUDA-graph replay) fell from 17.47 to 17.34 ms at 1024 tokens and from 32.41
+to 31.64 at 2048, with the same logits (benchmarks/results/cluster_gate_up_ab_h100_s26.json).
 
 Arithmetic: moe.py's (_decode_asm's bit trick, with its two multiplies, or with one where every scale of the layer
 allows it: `one_multiply`; fp32 accumulation over the same K steps; the same epilogues), and on an H200 the outputs
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 
 import torch
 import triton
@@ -47,7 +54,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels import verify
 from gptoss_viz.runtime.kernels.fused import Grouping, group_rows_fused, moe_schedule_fused
-from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, hopper_tile  # noqa: F401 (HopperTile: the API)
+from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, gate_up_cluster, hopper_tile
 from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
@@ -71,6 +78,42 @@ else:
         return smem._reinterpret(dtype, shape, layout)
 
 
+# clusters of CTAs (HopperTile.cluster) with Gluon's API as Triton 3.7 has it: 3.8 dropped sync_cluster_init and
+# wants a shared-memory view the size of what it views (the epilogue's below is smaller); 3.9 changed more
+CLUSTERS = hasattr(mbarrier, "sync_cluster_init")
+if CLUSTERS:
+    from triton.experimental.gluon.language.nvidia.hopper import cluster
+
+    @gluon.jit
+    def _cluster_ready(STAGES: gl.constexpr):
+        """One mbarrier a stage in each CTA of the cluster, initialised, the initialisation seen cluster-wide."""
+        ready = mbarrier.allocate_mbarrier(batch=STAGES)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        mbarrier.sync_cluster_init()
+        return ready
+
+    @gluon.jit
+    def _cluster_arrive():
+        cluster.arrive(relaxed=True)
+
+    @gluon.jit
+    def _cluster_wait():
+        cluster.wait()
+else:  # (the JIT reads these names even where a constexpr branch leaves them out)
+    @gluon.jit
+    def _cluster_ready(STAGES: gl.constexpr):
+        gl.static_assert(False, "clusters of CTAs need Triton 3.7 (moe_hopper.CLUSTERS)")
+
+    @gluon.jit
+    def _cluster_arrive():
+        gl.static_assert(False, "clusters of CTAs need Triton 3.7 (moe_hopper.CLUSTERS)")
+
+    @gluon.jit
+    def _cluster_wait():
+        gl.static_assert(False, "clusters of CTAs need Triton 3.7 (moe_hopper.CLUSTERS)")
+
+
 BO = 64  # output features a program: one m64 wgmma (128 took 242 registers a thread and ran 2-16% slower)
 
 
@@ -82,16 +125,51 @@ _DECODE_WORD_TWO_MULTIPLIES = gl.constexpr(_decode_asm(one_multiply=False, share
 
 
 @gluon.constexpr_function
-def _word_layout(BO):
+def _cga(CL, rank, dim):
+    """The cga_layout that splits dimension `dim` of a rank-`rank` tensor across a cluster of CL CTAs (CL 1: none;
+    a basis counts CTA tiles, not elements)."""
+    CL = getattr(CL, "value", CL)
+    if CL == 1:
+        return []
+    basis = [0] * rank
+    basis[dim] = 1
+    return [basis]
+
+
+@gluon.constexpr_function
+def _acc_layout(NB, CL):
+    """The wgmma accumulator's layout for [CL * BO features, NB rows], the features split across the cluster."""
+    NB = getattr(NB, "value", NB)
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NB, 16],
+                                     cga_layout=_cga(CL, 2, 0))
+
+
+@gluon.constexpr_function
+def _blocked(size_per_thread, threads_per_warp, warps_per_cta, order, CL, dim):
+    """gl.BlockedLayout(...), dimension `dim` split across a cluster of CL CTAs."""
+    return gl.BlockedLayout(size_per_thread, threads_per_warp, warps_per_cta, order,
+                            cga_layout=_cga(CL, len(order), dim))
+
+
+@gluon.constexpr_function
+def _plain(order, CL):
+    """An unswizzled shared layout of order `order`, dimension 0 split across a cluster of CL CTAs."""
+    CL = getattr(CL, "value", CL)
+    return gl.SwizzledSharedLayout(1, 1, 1, order, cga_layout=_cga(CL, len(order), 0))
+
+
+@gluon.constexpr_function
+def _word_layout(BO, CL=1):
     """Layout of one step's packed weights as 32-bit words [BO, 4 (lane group t), 2 (block p)] (word 2t + p of the
     row's 8 in mxfp4.to_hopper_order): each thread holds the two words (8 bytes) of its A fragment for each of its
     rows: wgmma's A-operand layout (gl.to_linear_layout of DotOperandLayout(0, ACC, 2) for [64, 64]) with the K
     bits inside a word dropped: rows 0-2 on lanes, 3 in a register, 4-5 on warps."""
     BO = getattr(BO, "value", BO)
-    assert BO == 64, "one m64 wgmma a program"
+    CL = getattr(CL, "value", CL)
+    assert BO == 64 * CL, "one m64 wgmma a CTA"
     return gl.DistributedLinearLayout(
         reg_bases=[[0, 0, 1], [8, 0, 0]], lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-        warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BO, 4, 2])
+        warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[[64, 0, 0]] if CL == 2 else [], shape=[BO, 4, 2])
 
 
 @gluon.jit
@@ -113,48 +191,61 @@ def _decode(word, s, BO: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr, ONE_M
 
 @gluon.jit
 def _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                 kstep, num_k, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr):
+                 kstep, num_k, STAGES: gl.constexpr, BT: gl.constexpr, EXTRA: gl.constexpr, CL: gl.constexpr = 1):
     """TMA copies of step kstep into its stage, all signalling the stage's barrier (nothing past the last step):
     its activation rows, [BT, 64] from row start (zero past the array's end) and with EXTRA the next BX rows too,
     the program's packed weight words, [BO rows from wrow, 8 words], and their scales ([2 BO] bytes at row
     srow + kstep, column scol of s_desc's view of the scales in mxfp4.to_hopper_scales' order)."""
     st = kstep % STAGES
     live = kstep < num_k
-    weights: gl.constexpr = w_desc.block_type.nbytes + s_desc.block_type.nbytes
+    # (CL 2: each CTA gets its half of the weights and scales, and all of the rows, multicast by CTA 0)
+    weights: gl.constexpr = (w_desc.block_type.nbytes + s_desc.block_type.nbytes) // CL
     if EXTRA:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + x_desc.block_type.nbytes + weights, pred=live)
-        _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st), pred=live)
+        if CL == 2:  # (Triton 3.6's copy has no multicast argument)
+            _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st), pred=live, multicast=True)
+        else:
+            _tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st), pred=live)
     else:
         mbarrier.expect(ready.index(st), a_desc.block_type.nbytes + weights, pred=live)
     _tma_load(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st), pred=live)
     _tma_load(s_desc, [srow + kstep, scol], ready.index(st), s_smem.index(st), pred=live)
-    _tma_load(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
+    if CL == 2:
+        _tma_load(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live, multicast=True)
+    else:
+        _tma_load(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st), pred=live)
 
 
 @gluon.jit
-def _smem_words(w_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr):
+def _smem_words(w_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr, CL: gl.constexpr = 1):
     """Stage st's weight words of the program's h-th BO rows as [BO, 4 (t), 2 (p)] int32 in WL: the TMA box
     [HALVES * BO, 8] is row-major and unswizzled, so word 2t + p of row r is at 8r + 2t + p, its offset in a plain
     [BO, 4, 2] view; a warp's reads cover 8 rows' 256 consecutive bytes."""
-    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+    PLAIN: gl.constexpr = _plain([2, 1, 0], CL)
     rows: gl.constexpr = w_smem.shape[1]
-    return _view(w_smem.index(st), gl.int32, [rows, 4, 2], PLAIN).slice(h * BO, BO).load(WL)
+    words = _view(w_smem.index(st), gl.int32, [rows, 4, 2], PLAIN)
+    if rows != BO:
+        words = words.slice(h * BO, BO)
+    return words.load(WL)
 
 
 @gluon.jit
-def _smem_scales(s_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr):
+def _smem_scales(s_smem, st, h: gl.constexpr, BO: gl.constexpr, WL: gl.constexpr, CL: gl.constexpr = 1):
     """Stage st's scales of the h-th BO rows as [BO, 1, 2] int32 (row r's two at 2r, 2r + 1), broadcastable
     against WL."""
-    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    PLAIN: gl.constexpr = _plain([1, 0], CL)
     rows: gl.constexpr = s_smem.shape[2] // 2
-    s = _view(s_smem.index(st), gl.uint8, [rows, 2], PLAIN).slice(h * BO, BO).load(gl.SliceLayout(1, WL))
+    view = _view(s_smem.index(st), gl.uint8, [rows, 2], PLAIN)
+    if rows != BO:
+        view = view.slice(h * BO, BO)
+    s = view.load(gl.SliceLayout(1, WL))
     return gl.expand_dims(s.to(gl.int32), 1)
 
 
 @gluon.jit
 def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
           x_smem, w_smem, s_smem, ready, num_k, USE_ACC: gl.constexpr, STAGES: gl.constexpr, BT: gl.constexpr,
-          EXTRA: gl.constexpr, AL2: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr):
+          EXTRA: gl.constexpr, AL2: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr, CL: gl.constexpr = 1):
     """K step k on decoded weights w0 (and with HALVES = 2, w1: the program's second BO rows; its stage already
     waited for): wait for step k-1's wgmmas in every warp (its stage is then free for the copies of step
     k + STAGES - 1), issue this step's wgmma(s) for each half: the first NB of the stage's BT rows (NB < BT: a
@@ -170,9 +261,13 @@ def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, s
             acc0, acc1 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1])
         else:
             acc0 = hopper.warpgroup_mma_wait(0, deps=[acc0])
-    _cta_barrier()
-    _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                 k + STAGES - 1, num_k, STAGES, BT, EXTRA)
+    if CL == 2:  # this CTA is done with step k-1's stage; CTA 0 multicasts into it once both are (below)
+        _cluster_arrive()
+    else:
+        _cta_barrier()
+    if CL == 1:
+        _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                     ready, k + STAGES - 1, num_k, STAGES, BT, EXTRA, CL)
     st = k % STAGES
     if NB < BT:
         rows = a_smem.index(st).slice(0, NB).permute((1, 0))
@@ -186,17 +281,22 @@ def _step(k, w0, w1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, s
         acc20 = hopper.warpgroup_mma(gl.convert_layout(w0, AL2), more, acc20, use_acc=USE_ACC, is_async=True)
         if HALVES == 2:
             acc21 = hopper.warpgroup_mma(gl.convert_layout(w1, AL2), more, acc21, use_acc=USE_ACC, is_async=True)
+    if CL == 2:  # the refill once this step's wgmmas are issued: the other CTA has had them to arrive
+        # (a relaxed arrive: gl.barrier(cluster=True)'s GPU-wide memory barrier doubled the kernels' time)
+        _cluster_wait()
+        _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
+                     ready, k + STAGES - 1, num_k, STAGES, BT, EXTRA, CL)
     return acc0, acc1, acc20, acc21
 
 
 @gluon.jit
 def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexpr, AL: gl.constexpr,
-                 WL: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
+                 WL: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr, CL: gl.constexpr = 1):
     """Wait for step k's stage, decode its weight words with its scales: (first BO rows, second BO rows) with
     HALVES = 2, else (the BO rows, the same again)."""
     st = k % STAGES
     mbarrier.wait(ready.index(st), (k // STAGES) & 1)
-    w0 = _decode(_smem_words(w_smem, st, 0, BO, WL), _smem_scales(s_smem, st, 0, BO, WL), BO, AL, WL,
+    w0 = _decode(_smem_words(w_smem, st, 0, BO, WL, CL), _smem_scales(s_smem, st, 0, BO, WL, CL), BO, AL, WL,
                  ONE_MULTIPLY)
     if HALVES == 2:
         w1 = _decode(_smem_words(w_smem, st, 1, BO, WL), _smem_scales(s_smem, st, 1, BO, WL), BO, AL, WL,
@@ -209,44 +309,44 @@ def _decode_step(k, w_smem, s_smem, ready, STAGES: gl.constexpr, BO: gl.constexp
 @gluon.jit
 def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
             BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr,
-            NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
+            NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr, CL: gl.constexpr = 1):
     """The K loop: [BO, NB] (the first NB of the BT rows a stage holds; and with EXTRA [BO, BX], the next BX
     rows) fp32 accumulators, for each of the program's HALVES sets of BO weight rows. A step decodes into one of
     two register sets (wa, wb) while the other set's wgmma runs (with one set, the decode would overwrite
     registers the running wgmma still reads)."""
-    ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NB, 16])
-    ACC2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BX, 16])
+    ACC: gl.constexpr = _acc_layout(NB, CL)
+    ACC2: gl.constexpr = _acc_layout(BX, CL)
     AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
     AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
-    WL: gl.constexpr = _word_layout(BO)
+    WL: gl.constexpr = _word_layout(BO, CL)
     for i in gl.static_range(STAGES - 1):
         _issue_tiles(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                     i, num_k, STAGES, BT, EXTRA)
+                     i, num_k, STAGES, BT, EXTRA, CL)
     acc0 = gl.zeros([BO, NB], gl.float32, ACC)
     acc20 = gl.zeros([BO, BX], gl.float32, ACC2)
     acc1 = acc0
     acc21 = acc20
     # step 0, peeled: use_acc=False on a zero accumulator (zeros flowing into the loop made ptxas serialise)
-    wa0, wa1 = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
+    wa0, wa1 = _decode_step(0, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY, CL)
     acc0, acc1, acc20, acc21 = _step(0, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc, start,
                                      wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k, False, STAGES,
-                                     BT, EXTRA, AL2, NB, HALVES)
+                                     BT, EXTRA, AL2, NB, HALVES, CL)
     # two steps an iteration, decoding into two register sets (wa, wb): the decode of one step overlaps the
     # other's wgmma
     for k in range(1, num_k - 1, 2):
-        wb0, wb1 = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
+        wb0, wb1 = _decode_step(k, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY, CL)
         acc0, acc1, acc20, acc21 = _step(k, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
                                          start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
-                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES)
-        wa0, wa1 = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
+                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES, CL)
+        wa0, wa1 = _decode_step(k + 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY, CL)
         acc0, acc1, acc20, acc21 = _step(k + 1, wa0, wa1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc, s_desc,
                                          start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
-                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES)
+                                         True, STAGES, BT, EXTRA, AL2, NB, HALVES, CL)
     if num_k % 2 == 0:  # one step left
-        wb0, wb1 = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY)
+        wb0, wb1 = _decode_step(num_k - 1, w_smem, s_smem, ready, STAGES, BO, AL, WL, HALVES, ONE_MULTIPLY, CL)
         acc0, acc1, acc20, acc21 = _step(num_k - 1, wb0, wb1, acc0, acc1, acc20, acc21, a_desc, x_desc, w_desc,
                                          s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                                         num_k, True, STAGES, BT, EXTRA, AL2, NB, HALVES)
+                                         num_k, True, STAGES, BT, EXTRA, AL2, NB, HALVES, CL)
     if EXTRA:
         if HALVES == 2:
             acc0, acc1, acc20, acc21 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc1, acc20, acc21])
@@ -262,14 +362,25 @@ def _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_s
 
 @gluon.jit
 def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase, stride_om,
-              limit, alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BO: gl.constexpr):
+              limit, alpha, a_smem, GATE_UP: gl.constexpr, BT: gl.constexpr, BO: gl.constexpr, CL: gl.constexpr = 1):
     """acc [BO features, BT rows] -> gate_up: + bias, clamped SwiGLU, to rows start.. of out [A, N/2]; down: + bias,
-    times the routing weight (in fp32), to each row's assignment row of out [A, N] in out's dtype."""
+    times the routing weight (in fp32), to each row's assignment row of out [A, N] in out's dtype. With CL 2 the
+    layout change goes through a_smem (the activation stages, dead by now): Triton 3.7.1 sizes a conversion's
+    scratch for the whole cluster's tile, 32 KB a CTA, which left room for 2 CTAs an SM instead of 3."""
     NW: gl.constexpr = gl.num_warps()
     acc = gl.permute(acc, (1, 0))  # [BT, BO]
+    if CL == 2:
+        SPLIT1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0], cga_layout=[[0, 1]])
+        buf = _view(a_smem, gl.float32, [BT, BO], SPLIT1)  # (a CTA's [BT, 64] fp32: 32 KB of its 48 at most)
+        _cta_barrier()
+        buf.store(acc)
+        _cta_barrier()
     if GATE_UP:
-        EL: gl.constexpr = gl.BlockedLayout([1, 2], [4, 8], [NW, 1], [1, 0])
-        h = gl.convert_layout(acc, EL)
+        EL: gl.constexpr = _blocked([1, 2], [4, 8], [NW, 1], [1, 0], CL, 1)
+        if CL == 2:
+            h = buf.load(EL)
+        else:
+            h = gl.convert_layout(acc, EL)
         rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(0, EL))
         bias = gl.load(bias_ptr + e * stride_biase + rn, mask=rn < N, other=0.0).to(gl.float32)
         h = h + gl.expand_dims(bias, 0)
@@ -277,7 +388,7 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
         gate = gl.minimum(gate, limit)  # clamped above only
         up = gl.minimum(gl.maximum(up, -limit), limit)
         act = gate * (1.0 / (1.0 + gl.exp(-(alpha * gate)))) * (up + 1.0)
-        OL: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [NW, 1], [1, 0])
+        OL: gl.constexpr = _blocked([1, 1], [4, 8], [NW, 1], [1, 0], CL, 1)
         act = gl.convert_layout(act, OL)
         ro = start + gl.arange(0, BT, layout=gl.SliceLayout(1, OL))
         ri = pid_n * (BO // 2) + gl.arange(0, BO // 2, layout=gl.SliceLayout(0, OL))
@@ -285,8 +396,11 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
         gl.store(ptrs, act.to(out_ptr.dtype.element_ty),
                  mask=gl.expand_dims(ro < end, 1) & gl.expand_dims(ri < N // 2, 0))
     else:
-        OL2: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [NW, 1], [1, 0])
-        y = gl.convert_layout(acc, OL2)
+        OL2: gl.constexpr = _blocked([1, 4], [4, 8], [NW, 1], [1, 0], CL, 1)
+        if CL == 2:
+            y = buf.load(OL2)
+        else:
+            y = gl.convert_layout(acc, OL2)
         ro = start + gl.arange(0, BT, layout=gl.SliceLayout(1, OL2))
         rn = pid_n * BO + gl.arange(0, BO, layout=gl.SliceLayout(0, OL2))
         m_o = ro < end
@@ -302,29 +416,30 @@ def _epilogue(acc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid
 def _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N,
           stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, num_k,
           GATE_UP: gl.constexpr, BO: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-          EXTRA: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
+          EXTRA: gl.constexpr, NB: gl.constexpr, HALVES: gl.constexpr, ONE_MULTIPLY: gl.constexpr,
+          CL: gl.constexpr = 1):
     """One tile: the K loop on its first NB rows (with EXTRA, BT rows and the BX after them) and the epilogue(s),
     for each of the program's HALVES sets of BO output features (feature tiles HALVES * pid_n + h of BO)."""
     acc0, acc1, acc20, acc21 = _k_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem,
                                        w_smem, s_smem, ready, num_k, BO, BT, BX, STAGES, EXTRA, NB, HALVES,
-                                       ONE_MULTIPLY)
+                                       ONE_MULTIPLY, CL)
     f = pid_n * HALVES
     if EXTRA:
         _epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, f, N, stride_biase,
-                  stride_om, limit, alpha, GATE_UP, BT, BO)
+                  stride_om, limit, alpha, a_smem, GATE_UP, BT, BO, CL)
         _epilogue(acc20, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, f, N, stride_biase,
-                  stride_om, limit, alpha, GATE_UP, BX, BO)
+                  stride_om, limit, alpha, a_smem, GATE_UP, BX, BO, CL)
         if HALVES == 2:
             _epilogue(acc1, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, f + 1, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, BT, BO)
+                      stride_om, limit, alpha, a_smem, GATE_UP, BT, BO, CL)
             _epilogue(acc21, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, f + 1, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, BX, BO)
+                      stride_om, limit, alpha, a_smem, GATE_UP, BX, BO, CL)
     else:
         _epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, f, N, stride_biase,
-                  stride_om, limit, alpha, GATE_UP, NB, BO)
+                  stride_om, limit, alpha, a_smem, GATE_UP, NB, BO, CL)
         if HALVES == 2:
             _epilogue(acc1, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, f + 1, N, stride_biase,
-                      stride_om, limit, alpha, GATE_UP, NB, BO)
+                      stride_om, limit, alpha, a_smem, GATE_UP, NB, BO, CL)
 
 
 @gluon.jit
@@ -334,7 +449,7 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
                    limit, alpha,
                    GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr,
                    BO: gl.constexpr, STAGES: gl.constexpr, NARROW: gl.constexpr, HALVES: gl.constexpr,
-                   ONE_MULTIPLY: gl.constexpr):
+                   ONE_MULTIPLY: gl.constexpr, CL: gl.constexpr = 1):
     """GATE_UP: out[row] = clamped SwiGLU(x[token(row)] W1^T + b1) for the grouped rows (out [A, N/2]; a_desc over
     x's rows in grouped order); else: out[assignment(row)] = (act[row] W2^T + b2) * routing weight (out [A, N]
     fp32; a_desc over act). A program: one tile of the schedule (up to BT + BX grouped rows of one expert; the BX
@@ -358,31 +473,34 @@ def _moe_hopper_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, b
         wrow = e.to(gl.int32) * N + pid_n * HALVES * BO
         srow = e.to(gl.int32) * num_k  # its expert's first step in s_desc's [E * K / 64, 2 N]
         scol = pid_n * 2 * HALVES * BO
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
+        if CL == 2:  # one barrier a stage in each CTA of the cluster
+            ready = _cluster_ready(STAGES)
+        else:
+            ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+            for i in gl.static_range(STAGES):
+                mbarrier.init(ready.index(i), count=1)
         rows = end - start
         if rows > BT:  # BT rows and up to BX more
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n,
                   N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT, HALVES, ONE_MULTIPLY)
+                  num_k, GATE_UP, BO, BT, BX, STAGES, True, BT, HALVES, ONE_MULTIPLY, CL)
         elif NARROW:  # the wgmma as wide as the tile's rows need: BT // 4, BT // 2 or BT (all >= 16)
             if rows <= BT // 4:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4, HALVES, ONE_MULTIPLY)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 4, HALVES, ONE_MULTIPLY, CL)
             elif rows <= BT // 2:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2, HALVES, ONE_MULTIPLY)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT // 2, HALVES, ONE_MULTIPLY, CL)
             else:
                 _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                       pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY)
+                      ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY, CL)
         else:
             _tile(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end,
                   pid_n, N, stride_biase, stride_om, limit, alpha, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem,
-                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY)
+                  ready, num_k, GATE_UP, BO, BT, BX, STAGES, False, BT, HALVES, ONE_MULTIPLY, CL)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
@@ -394,11 +512,17 @@ _moe_hopper_launch = Launcher(_moe_hopper_kernel)
 # row-major (TMA without swizzling)
 _WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 _SCALES = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
+# the same for a cluster of two CTAs (cluster=2): each CTA holds the words of its half of the rows and their scales
+_WORDS_CL = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2, cga_layout=[[1, 0]])
+_SCALES_CL = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2, cga_layout=[[0, 1]])
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_layout(rows: int):
-    """The shared-memory layout of a [rows, 64] bf16 TMA box (built once: ~5 us a call on the host)."""
+def _rows_layout(rows: int, cluster: int = 1):
+    """The shared-memory layout of a [rows, 64] bf16 TMA box (built once: ~5 us a call on the host); with cluster
+    2, held whole by both CTAs of a cluster (filled by one multicast copy)."""
+    if cluster == 2:
+        return gl.NVMMASharedLayout.get_default_for([rows, 64], gl.bfloat16, cga_layout=[[0, 0]])
     return gl.NVMMASharedLayout.get_default_for([rows, 64], gl.bfloat16)
 
 
@@ -439,7 +563,7 @@ def _weight_descriptor(cache: dict | None, t: torch.Tensor, shape: tuple[int, in
     hit = None if cache is None else cache.get(slot)
     if hit is not None and hit[0] == ptr:
         return hit[1]
-    words = t.view(torch.int32) if layout is _WORDS else t
+    words = t.view(torch.int32) if layout.element_bitwidth == 32 else t
     desc = TensorDescriptor.from_tensor(words.view(shape), block, layout)
     if cache is not None:
         cache[slot] = (ptr, desc)
@@ -460,6 +584,30 @@ def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
             and d % 64 == 0 and I % 64 == 0)
 
 
+class _TileLaunch(NamedTuple):
+    """What a launch of tile t needs: the output features a program (a cluster's with cluster 2), the shared-memory
+    layouts of its row boxes (BT, BX rows), weight words and scales, and the kernel's tile arguments."""
+    features: int
+    rows: object
+    rows_x: object
+    words: object
+    scales: object
+    kwargs: dict
+
+
+def _tile_launch(t: HopperTile, bxk: int) -> _TileLaunch:
+    features = t.halves * BO * t.cluster
+    kwargs = {"BO": BO * t.cluster, "STAGES": t.stages, "HALVES": t.halves,
+              # (Gluon slices no tile that a cluster shares)
+              "NARROW": bool(t.narrow) and t.bt >= 64 and t.cluster == 1}
+    if t.maxnreg:
+        kwargs["maxnreg"] = t.maxnreg
+    if t.cluster == 2:
+        kwargs.update(CL=2, num_ctas=2)
+        return _TileLaunch(features, _rows_layout(t.bt, 2), _rows_layout(bxk, 2), _WORDS_CL, _SCALES_CL, kwargs)
+    return _TileLaunch(features, _rows_layout(t.bt), _rows_layout(bxk), _WORDS, _SCALES, kwargs)
+
+
 def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
@@ -470,8 +618,9 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     """moe.moe_mxfp4 on Hopper: x [N, d] bf16, idx/weight [N, k] -> [N, d] bf16. The blocks in
     mxfp4.to_hopper_order (blocks [E, 2I, d/32, 16] / [E, d, I/32, 16] uint8) and the scales in
     mxfp4.to_hopper_scales ([E, 2I, d/32] / [E, d, I/32] uint8), the biases as the checkpoint stores them. `tile`
-    overrides hopper_tile's choice (sweeps and tests); with `residual`, (out, residual + out), and with `norm`
-    (weight, eps) as well (out, residual + out, its RMSNorm) (moe.sum_slots).
+    overrides hopper_tile's and gate_up_cluster's choice for both launches (sweeps and tests); with `residual`,
+    (out, residual + out), and with `norm` (weight, eps) as well (out, residual + out, its RMSNorm)
+    (moe.sum_slots).
     `one_multiply`: decode with one bf16 multiply a register instead of two, which is exact only if no scale is
     above 128 (weights of magnitude < 12: any trained checkpoint); the caller vouches for that
     (gptoss.Experts.one_multiply, checked once when the blocks are re-arranged). Both give the same bits there.
@@ -493,13 +642,16 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    bt, bx, stages, maxnreg, narrow, halves = tile or hopper_tile(A / E, E)
-    if halves not in (1, 2) or (halves == 2 and bt < 32):
-        # (Triton 3.6 aborts compiling two halves at 16-row tiles: an assertion in its MMA layout conversion)
-        raise ValueError(f"HopperTile.halves must be 1, or 2 with bt >= 32; got halves={halves}, bt={bt}")
-    bop = halves * BO  # output features a program
-    regs = {"maxnreg": maxnreg} if maxnreg else {}
-    narrow = bool(narrow) and bt >= 64
+    down_tile = tile or hopper_tile(A / E, E)
+    gate_up_tile = tile or gate_up_cluster(down_tile, CLUSTERS)
+    for t in (gate_up_tile, down_tile):
+        if t.halves not in (1, 2) or (t.halves == 2 and t.bt < 32):
+            # (Triton 3.6 aborts compiling two halves at 16-row tiles: an assertion in its MMA layout conversion)
+            raise ValueError(f"HopperTile.halves must be 1, or 2 with bt >= 32; got halves={t.halves}, bt={t.bt}")
+        if t.cluster not in (1, 2) or (t.cluster == 2 and (t.halves != 1 or not CLUSTERS)):
+            raise ValueError(f"HopperTile.cluster must be 1, or 2 with halves 1 on Triton 3.7; got "
+                             f"cluster={t.cluster}, halves={t.halves}, Triton {triton.__version__}")
+    bt, bx = down_tile.bt, down_tile.bx  # (gate_up_cluster keeps them: one schedule for both launches)
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
     if grouping is None:
         s = moe_schedule_fused(idx, E, bt + bx)
@@ -509,28 +661,25 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
     else:
         xs, s = group_rows_fused(x, idx, grouping)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
-    lay, lay2 = _rows_layout(bt), _rows_layout(bxk)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    _moe_hopper_launch[(cdiv(two_i, bop), s.n_tiles)](
-        _rows_descriptor(xs, bt, lay), _rows_descriptor(xs, bxk, lay2),
-        _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [bop, 8], _WORDS),
-        _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * bop], _SCALES),
+    g = _tile_launch(gate_up_tile, bxk)
+    _moe_hopper_launch[(cdiv(two_i, g.features), s.n_tiles)](
+        _rows_descriptor(xs, bt, g.rows), _rows_descriptor(xs, bxk, g.rows_x),
+        _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [g.features, 8], g.words),
+        _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * g.features], g.scales),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
-        ONE_MULTIPLY=bool(one_multiply), num_warps=4,
-        **regs)
+        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
     y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)  # (moe.moe_mxfp4: why not fp32)
     route_w = weight.reshape(-1).contiguous()
-    _moe_hopper_launch[(cdiv(d, bop), s.n_tiles)](
-        _rows_descriptor(act, bt, lay), _rows_descriptor(act, bxk, lay2),
-        _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [bop, 8], _WORDS),
-        _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * bop], _SCALES),
+    g = _tile_launch(down_tile, bxk)
+    _moe_hopper_launch[(cdiv(d, g.features), s.n_tiles)](
+        _rows_descriptor(act, bt, g.rows), _rows_descriptor(act, bxk, g.rows_x),
+        _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [g.features, 8], g.words),
+        _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * g.features], g.scales),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, BO=BO, STAGES=stages, NARROW=narrow, HALVES=halves,
-        ONE_MULTIPLY=bool(one_multiply), num_warps=4,
-        **regs)
+        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
     return sum_slots(y, N, x.dtype, residual, norm)
 
 
@@ -540,9 +689,9 @@ SELF_TEST_TOLERANCE = 2e-2  # relative (Frobenius) difference from fp32 maths; b
 def self_test(device: torch.device) -> str | None:
     """moe_mxfp4_hopper on a small random MoE (8 experts, d = I = 512: 8 K steps, so the loop and its stages wrap;
     300 tokens routed unevenly, so that tiles with overflow rows, narrow ones and several to an expert all occur) at
-    every tile hopper_tile picks, and with both decodes at one, against the same MoE in fp32 from the dequantized
-    weights. None if every result is finite and within SELF_TEST_TOLERANCE, else what went wrong. For Tritons the
-    kernels were not verified on (trusted)."""
+    every tile hopper_tile and gate_up_cluster pick, and with both decodes at one, against the same MoE in fp32
+    from the dequantized weights. None if every result is finite and within SELF_TEST_TOLERANCE, else what went
+    wrong. For Tritons the kernels were not verified on (trusted)."""
     from gptoss_viz.runtime.gptoss import swiglu_clamped
     from gptoss_viz.runtime.mxfp4 import mxfp4_dequant, to_hopper_order, to_hopper_scales
 
@@ -566,7 +715,8 @@ def self_test(device: torch.device) -> str | None:
         exact.index_add_(0, tok, y * weight[tok, slot].float()[:, None])
     packed = (to_hopper_order(gu_blocks), to_hopper_scales(gu_scales), gu_bias,
               to_hopper_order(dn_blocks), to_hopper_scales(dn_scales), dn_bias)
-    tiles = sorted({hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)})
+    picked = {hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)}
+    tiles = sorted(picked | {gate_up_cluster(t, CLUSTERS) for t in picked})  # (a cluster tile: both launches)
     for tile in tiles:
         for one in ((True, False) if tile == hopper_tile(200, 32) else (True,)):
             got = moe_mxfp4_hopper(x, idx, weight, *packed, limit, alpha, tile=tile, one_multiply=one).float()
