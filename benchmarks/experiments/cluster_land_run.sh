@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Landed in the twenty-sixth session (the patch is in main now): this script needs a checkout before that commit.
 # The device commands that decide whether experiments/moe_hopper_cluster_gate_up.patch lands (twenty-fifth session
 # wrote it; nothing of it has run on a GPU in product form). Triton 3.7.1 comes from carry_triton.sh: its one lite
 # part (.t371/lite.tar.xz) carried by each call, or its two parts (call 1 copies .t371/part00 to /tmp; this script,
