@@ -1,4 +1,4 @@
-# Sourced by the device scripts (multicast_run.sh, cluster_land_run.sh): Triton from carry_triton.sh unpacked into
+# Sourced by the device scripts (multicast_run.sh, patch_run.sh): Triton from carry_triton.sh unpacked into
 # /tmp/t371 once, and put first on PYTHONPATH. Either its one lite part (.t371/lite.tar.xz carried by this call;
 # ptxas, nvdisasm and cuobjdump then come from the machine's installed Triton, whose ptxas must be the one 3.7.1
 # ships: PTXAS_SHA256) or its two parts (/tmp/part00 from the first call, .t371/part01 carried by this one).
