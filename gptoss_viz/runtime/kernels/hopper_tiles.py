@@ -14,7 +14,7 @@ class HopperTile(NamedTuple):
     instead of bt (taken only where those are >= 16 rows); `halves`: 2 for 128 output features a program
     (two m64 wgmmas on each step's activation tiles: the step's copies, barriers and waits shared by twice the
     weights), 1 for 64 (moe_hopper.BO); `cluster`: 2 for clusters of two programs on neighbouring feature tiles
-    that share each activation tile by one TMA multicast (Triton 3.7 on; halves 1, no narrow tiles), 1 for none."""
+    that share each activation tile by one TMA multicast (Triton 3.7 only; halves 1, no narrow tiles), 1 for none."""
     bt: int
     bx: int
     stages: int
@@ -59,10 +59,11 @@ def hopper_tile(rows_per_expert: float, n_experts: int = 32) -> HopperTile:
 
 def gate_up_cluster(tile: HopperTile, clusters: bool) -> HopperTile:
     """gate_up's tile where hopper_tile chose `tile` for both launches: 128+32 with 3 stages runs gate_up as clusters
-    of two programs (`cluster` 2, narrow tiles off) where Triton has clusters (3.7 on); down keeps `tile`. On one
-    gpt-oss-20b layer on an H100 (twenty-fifth session, results/moe_multicast_sync2_scratch_h100_s25.json), gate_up
-    took 0.273 against 0.281 ms at 1024 tokens and 0.534 against 0.559 at 2048; down as clusters was 2-7% slower
-    (narrow tiles help it most), so it stays. bt and bx are kept: both launches share one schedule."""
+    of two programs (`cluster` 2, narrow tiles off) where Triton has clusters (3.7: moe_hopper.CLUSTERS); down keeps
+    `tile`. On one gpt-oss-20b layer on an H100 (twenty-fifth session,
+    results/moe_multicast_sync2_scratch_h100_s25.json), gate_up took 0.273 against 0.281 ms at 1024 tokens and 0.534
+    against 0.559 at 2048; down as clusters was 2-7% slower (narrow tiles help it most), so it stays. bt and bx are
+    kept: both launches share one schedule."""
     if clusters and tile == HopperTile(128, 32, 3):
         return tile._replace(narrow=False, cluster=2)
     return tile
