@@ -297,23 +297,17 @@ def test_hopper_moe_in_clusters_equals_single_programs(d, I, E, k, N, tile, stag
     its half of 128 output features. Each CTA computes what a program of 64 features computes, in the same order,
     so the outputs must be the same bits as cluster=1's (narrow tiles off in both: clusters take none); down's 2880
     features leave the last cluster's second half past them."""
-    from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS, moe_mxfp4_hopper
+    from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS
 
     if not CLUSTERS:
         pytest.skip("clusters of CTAs need Triton 3.7's Gluon (moe_hopper.CLUSTERS)")
-    from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
-
     t = HOPPER_TILES[tile]()._replace(narrow=False)
     if stages:
         t = t._replace(stages=stages)
     moe = random_moe(d, I, E, k, seed=N)
     x, idx, weight = routed_inputs(N, d, E, k)
-    ex = moe.experts
-    packed = (to_hopper_order(ex.gate_up_proj_blocks), to_hopper_scales(ex.gate_up_proj_scales), ex.gate_up_proj_bias,
-              to_hopper_order(ex.down_proj_blocks), to_hopper_scales(ex.down_proj_scales), ex.down_proj_bias)
-    one = moe_mxfp4_hopper(x, idx, weight, *packed, ex.limit, ex.alpha, tile=t, one_multiply=True)
-    two = moe_mxfp4_hopper(x, idx, weight, *packed, ex.limit, ex.alpha, tile=t._replace(cluster=2),
-                           one_multiply=True)
+    one = hopper_moe(moe, x, idx, weight, tile=t)
+    two = hopper_moe(moe, x, idx, weight, tile=t._replace(cluster=2))
     where = f"tile {tile} stages {t.stages} d={d} I={I} E={E} k={k} N={N}"
     assert torch.equal(one, two), f"{where}: clusters differ by {rel_err(two, one):.3g}"
     with torch.no_grad():
@@ -327,8 +321,7 @@ def test_hopper_moe_rule_with_clusters_for_gate_up_equals_single_programs(N):
     """Without a `tile`, 20b at 1024-4095 tokens runs gate_up as clusters of two (gate_up_cluster) and down as
     hopper_tile chose: the same bits as both launches at hopper_tile's tile."""
     from gptoss_viz.runtime.kernels.hopper_tiles import gate_up_cluster, hopper_tile
-    from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS, moe_mxfp4_hopper
-    from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
+    from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS
 
     if not CLUSTERS:
         pytest.skip("clusters of CTAs need Triton 3.7's Gluon (moe_hopper.CLUSTERS)")
@@ -337,11 +330,8 @@ def test_hopper_moe_rule_with_clusters_for_gate_up_equals_single_programs(N):
     assert gate_up_cluster(t, True).cluster == 2, "the rule takes no cluster here: the test would compare nothing"
     moe = random_moe(d, I, E, k, seed=N)
     x, idx, weight = routed_inputs(N, d, E, k)
-    ex = moe.experts
-    packed = (to_hopper_order(ex.gate_up_proj_blocks), to_hopper_scales(ex.gate_up_proj_scales), ex.gate_up_proj_bias,
-              to_hopper_order(ex.down_proj_blocks), to_hopper_scales(ex.down_proj_scales), ex.down_proj_bias)
-    rule = moe_mxfp4_hopper(x, idx, weight, *packed, ex.limit, ex.alpha, one_multiply=True)
-    single = moe_mxfp4_hopper(x, idx, weight, *packed, ex.limit, ex.alpha, tile=t, one_multiply=True)
+    rule = hopper_moe(moe, x, idx, weight)
+    single = hopper_moe(moe, x, idx, weight, tile=t)
     assert torch.equal(rule, single), f"N={N}: the rule's output differs by {rel_err(rule, single):.3g}"
 
 
