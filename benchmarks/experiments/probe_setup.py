@@ -76,12 +76,15 @@ def alternate(model, ids, variants: dict, row: dict, rounds: int = 3) -> dict:
 
 
 def capturable(model) -> None:
-    """Let `model` be captured in a CUDA graph: gptoss.check_ids (which waits for the device) skipped; ids are the
-    probes' own. (rope() needs nothing since GptOss keeps its tables: the warm-up before a capture makes the table,
-    and the captured forward only slices it.)"""
+    """Let `model` be captured in a CUDA graph: gptoss.check_ids (which waits for the device) and the fast path's
+    deferred range check (a copy to the host and an event, read at the forward's end) skipped; ids are the probes'
+    own. (rope() needs nothing since GptOss keeps its tables: the warm-up before a capture makes the table, and the
+    captured forward only slices it.)"""
     from gptoss_viz.runtime import gptoss as gptoss_mod
 
     gptoss_mod.check_ids = lambda *a, **k: None
+    if hasattr(gptoss_mod, "defer_range_check"):  # (PROBE_ROOT's code may predate it)
+        gptoss_mod.defer_range_check = lambda *a, **k: None
 
 
 def capture(fn):

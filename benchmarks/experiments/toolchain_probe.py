@@ -4,7 +4,9 @@ uses: its own, or TRITON_PTXAS_PATH's), so that toolchains can be compared proce
 One process measures one toolchain. `toolchain_probe.py OUT.json [LENGTHS]` builds the random 20b model in GPU
 memory (seed 0, as the other probes), and per length records, after a 50 ms pause each and alternating:
 - the forward replayed from a CUDA graph (the GPU's work, no host time);
-- the eager forward (`model(ids)`, CUDA events; the host's time included);
+- the eager forward (`model(ids)`, CUDA events; the host's time included), with its input checks skipped as for
+  the capture, and first as users call it, checks included (`checked_ms` after a pause, `checked_b2b_ms` straight
+  after the previous forward);
 - the MoE kernels' summed GPU time in a forward (torch.profiler);
 - a checksum of the logits (their fp64 sum and abs-sum), so that toolchains can be checked to give the same
   logits (different ptxas versions may order the fp32 sums of a kernel differently; the checksums show it).
@@ -89,6 +91,18 @@ def probe(argv: list[str]) -> None:
             del logits, lf
             row["moe_ms"] = moe_ms(model, ids)
             eager = lambda: model(ids)  # noqa: E731
+            # the forward as users call it, its input checks included (capturable() below skips them): after a
+            # 50 ms pause, and straight after the previous one's synchronise
+            c_ms, b_ms = [], []
+            for _ in range(9):
+                torch.cuda.synchronize()
+                time.sleep(0.05)
+                c_ms.append(event_ms(eager))
+            for _ in range(9):
+                torch.cuda.synchronize()
+                b_ms.append(event_ms(eager))
+            row.update(checked_ms=statistics.median(c_ms), checked_b2b_ms=statistics.median(b_ms), checked_all=c_ms,
+                       checked_b2b_all=b_ms)
             capturable(model)
             graph, _ = capture(eager)
             g_ms, e_ms = [], []
