@@ -369,3 +369,51 @@ def test_sink_prob_hook_is_observation_only(gptoss_dir):
     with pytest.raises(ValueError, match="observation-only"):
         with m.hooks([("blocks.0.attn.hook_sink_prob", lambda x, h: torch.zeros_like(x))]):
             m(ids)
+
+
+def test_deferred_input_check_runs_before_any_hook_function_and_at_the_forward_end(gptoss):
+    """hooks.defer_check (how the GPU path checks token ids without a wait at the forward's start): a failing
+    check raises before the first hook function sees an activation, or at the forward's end where none runs, and
+    is gone afterwards; a passing one lets the forward run as usual."""
+    from gptoss_viz.errors import InputError
+    from gptoss_viz.runtime.hooks import defer_check
+
+    ids = ids_for(gptoss, 20)
+
+    def reject():
+        raise InputError("rejected by the deferred check")
+
+    seen = []
+    for hooks in ([("hook_embed", lambda x, hook: seen.append(hook.name))],
+                  [("blocks.1.mlp.hook_out", lambda x, hook: seen.append(hook.name))], []):
+        defer_check(reject)
+        with pytest.raises(InputError, match="rejected by the deferred check"):
+            with gptoss.hooks(hooks):
+                gptoss(ids)
+        assert not seen, f"{seen} ran before the deferred check"
+    ran = []
+    defer_check(lambda: ran.append(1))
+    with gptoss.hooks([("blocks.1.mlp.hook_out", lambda x, hook: seen.append(hook.name))]):
+        logits = gptoss(ids)
+    assert ran == [1] and seen == ["blocks.1.mlp.hook_out"], (ran, seen)
+    assert torch.equal(gptoss(ids), logits), "nothing left over changes the next forward"
+    assert_no_hooks_left(gptoss)
+
+
+def test_forward_that_fails_drops_its_deferred_checks(gptoss):
+    """A forward that ends with another error leaves no deferred check behind for the next one."""
+    from gptoss_viz.runtime.hooks import defer_check
+
+    ids = ids_for(gptoss, 20)
+    defer_check(lambda: (_ for _ in ()).throw(AssertionError("a stale check ran")))
+
+    def boom(module, args, out):
+        raise RuntimeError("boom")
+
+    handle = gptoss.blocks[1].mlp.register_forward_hook(boom)  # (a torch hook, not a hook point: no check runs)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            gptoss(ids)
+    finally:
+        handle.remove()
+    gptoss(ids)  # nothing stale raises

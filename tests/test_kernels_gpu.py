@@ -723,6 +723,77 @@ def test_rms_norm_fused_matches_reference(residual):
 
 
 @interpretable
+@pytest.mark.parametrize("T", (1, 37, 1500))
+@pytest.mark.parametrize("norm", (False, True))
+def test_embed_fused_equals_embedding_and_rms_norm_fused(T, norm):
+    """The fused embedding gives torch's embedding rows, with `norm` rms_norm_fused's RMSNorm of them bit for bit
+    (same kernel block, warps and sums), and the ids' min and max; an id out of range reads row 0, not past the
+    table, and shows in the range (the caller rejects it). ids [T] and [2, T], int64 and int32."""
+    from gptoss_viz.runtime.kernels.fused import embed_fused, rms_norm_fused
+
+    V, d = (2048, 2880) if CUDA else (300, 40)
+    g = torch.Generator(device=DEVICE).manual_seed(T)
+    table = torch.randn(V, d, generator=g, device=DEVICE).to(DTYPE)
+    w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(DTYPE)
+    for shape, dtype in (((T,), torch.int64), ((2, T), torch.int32)):
+        ids = torch.randint(0, V, shape, generator=g, device=DEVICE).to(dtype)
+        x, normed, id_range = embed_fused(ids, table, (w, 1e-5) if norm else None)
+        assert torch.equal(x, torch.nn.functional.embedding(ids.long(), table)), (shape, dtype)
+        if norm:
+            assert torch.equal(normed, rms_norm_fused(x, w, 1e-5)), f"RMSNorm differs {shape} {dtype}"
+        else:
+            assert normed is None
+        assert id_range.tolist() == [ids.min().item(), ids.max().item()], (id_range.tolist(), shape)
+    bad = torch.randint(0, V, (T,), generator=g, device=DEVICE)
+    bad[T // 2] = V + 7
+    x, _, id_range = embed_fused(bad, table)
+    assert torch.equal(x[T // 2], table[0]), "an id past the table must read row 0"
+    assert id_range.tolist()[1] == V + 7
+    bad[T // 2] = -3
+    assert embed_fused(bad, table)[2].tolist()[0] == -3
+
+
+@pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
+def test_fused_embedding_rejects_bad_ids_before_any_hook_and_changes_no_logit(monkeypatch):
+    """The fast path embeds in one launch and checks the ids' range without a wait at the forward's start. The
+    logits equal those of torch's embedding, the id check on the host and the first norm of its own, bit for bit;
+    an id out of range raises the same InputError as before, no hook function ever sees an activation of it, and
+    the model runs on afterwards (no device-side assert)."""
+    from gptoss_viz.errors import InputError
+    from gptoss_viz.runtime import gptoss
+    from gptoss_viz.runtime.kernels import fused
+
+    cfg, model, ids = prepared_20b(2, seed=3, ids_seed=2)
+    calls = count_calls(monkeypatch, fused, "embed_fused")
+    with torch.inference_mode():
+        fast = model(ids)
+        assert len(calls) == 1, "the forward did not take the fused embedding"
+        monkeypatch.setattr(gptoss, "_embed_fused_ok", lambda *a: False)
+        plain = model(ids)
+        monkeypatch.undo()
+        assert torch.equal(fast, plain), "the fused embedding changed the logits"
+        calls = count_calls(monkeypatch, fused, "embed_fused")
+        for bad_id, shown in ((cfg.vocab_size, cfg.vocab_size), (-5, -5)):
+            bad = ids.clone()
+            bad[17] = bad_id
+            with pytest.raises(InputError, match=f"token id {shown} is out of range"):
+                model(bad)
+            seen = []
+            with pytest.raises(InputError, match=f"token id {shown} is out of range"):
+                with model.hooks([(n, lambda x, hook: seen.append(hook.name))
+                                  for n in ("hook_embed", "blocks.1.mlp.hook_expert_idx")]):
+                    model(bad)
+            assert not seen, f"hooks saw activations of rejected ids: {seen}"
+            seen.clear()
+            with pytest.raises(InputError):
+                with model.hooks([("blocks.1.attn.hook_q", lambda x, hook: seen.append(hook.name))]):
+                    model(bad)
+            assert not seen, f"a later hook saw activations of rejected ids: {seen}"
+        assert len(calls) == 6, "the bad ids did not go through the fused embedding"
+        assert torch.equal(model(ids), fast), "the model gives other logits after rejecting bad ids"
+
+
+@interpretable
 @pytest.mark.parametrize("V", (50, 4096, 10000))
 def test_top_predictions_fused_matches_topk_and_softmax(V):
     """The same top-k probabilities, to fp32 rounding, as topk over the fp32 softmax, and ids that hold them (bf16
@@ -983,8 +1054,8 @@ def count_calls(monkeypatch, module, name: str) -> list:
 @pytest.mark.skipif(not CUDA, reason="the fast path runs on CUDA only")
 def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
     """The fast path takes each block's input RMSNorm (and the final one) from the previous block's last MoE
-    launch. Listening at hook_resid_pre / hook_resid_post stops that; the logits stay the same bit for bit, and
-    the forward launches that many RMSNorms more."""
+    launch, and the first block's from the embedding's launch. Listening at hook_resid_pre / hook_resid_post stops
+    that; the logits stay the same bit for bit, and the forward launches that many RMSNorms more."""
     from gptoss_viz.runtime.kernels import fused
 
     cfg, model, ids = prepared_20b(3, seed=5, ids_seed=1)
@@ -999,9 +1070,9 @@ def test_norms_from_the_moe_launch_change_no_logit(monkeypatch):
             with model.hooks([(n, lambda x, hook: seen.append(hook.name)) for n in names]):
                 got = model(ids)
             assert torch.equal(got, plain), f"logits differ with {names} listened to"
-            assert len(calls) == n_plain + len(names) - ("blocks.0.hook_resid_pre" in names), (names, len(calls))
+            assert len(calls) == n_plain + len(names), (names, len(calls))
     assert model.last_path == {"attention": "triton", "moe": "triton"}, model.last_path
-    assert n_plain == 1 + cfg.num_hidden_layers, f"{n_plain} RMSNorm launches: the first input norm and one a block"
+    assert n_plain == cfg.num_hidden_layers, f"{n_plain} RMSNorm launches: one a block (post-attention)"
     assert seen, "the hooks never ran"
 
 

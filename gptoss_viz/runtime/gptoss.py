@@ -22,10 +22,12 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from gptoss_viz.errors import InputError
 from gptoss_viz.runtime.configs import GptOssConfig
-from gptoss_viz.runtime.hooks import HookedModel, HookPoint
+from gptoss_viz.runtime.hooks import (HookedModel, HookPoint, defer_check, drop_deferred_checks,
+                                      run_deferred_checks)
 from gptoss_viz.runtime.mxfp4 import (from_hopper_order, from_hopper_scales, mxfp4_dequant, to_hopper_order,
                                       to_hopper_scales)
 from gptoss_viz.runtime.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq
@@ -190,19 +192,16 @@ class Attention(nn.Module):
         v = self.hook_v(v.view(*lead, T, K, D))
         from_kernel = None
         if _fused_ok(self.use_kernels, q):  # the same rotation, bit for bit, one launch for q and k
-            from gptoss_viz.runtime.kernels.fused import rope_fused, rope_fused_ok
-
-            if rope_fused_ok(q) and rope_fused_ok(k):
-                from_kernel = rope_fused(q, cos, sin, k)
+            fused = _kernels.fused
+            if fused.rope_fused_ok(q) and fused.rope_fused_ok(k):
+                from_kernel = fused.rope_fused(q, cos, sin, k)
         q_rot, k_rot = from_kernel or (apply_rope(q, cos, sin), apply_rope(k, cos, sin))
         q = self.hook_q_rot(q_rot)
         k = self.hook_k_rot(k_rot)
         window = self.window if window is None else window
         if self.fast_path_ok(q):
-            from gptoss_viz.runtime.kernels.attention import attention_with_sinks_fused
-
             want_sink = self.hook_sink_prob.active
-            out, sink_prob = attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink)
+            out, sink_prob = _kernels.attention.attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink)
             if want_sink:
                 self.hook_sink_prob(sink_prob)  # [H, T] from the same softmax: exp(sink - logsumexp)
             self.last_path = "triton"
@@ -378,10 +377,8 @@ class MoE(nn.Module):
             return None
         ex = self.experts
         if _hopper_moe_ok(x.device, x.dtype, x.shape[-1], ex.gate_up_proj_bias.shape[1] // 2):
-            from gptoss_viz.runtime.kernels.moe_hopper import moe_mxfp4_hopper
-
             ex.use_hopper_order()  # once: the Hopper kernels read the blocks in their own order
-            return functools.partial(moe_mxfp4_hopper, one_multiply=ex.one_multiply, descriptors=ex.descriptors)
+            return functools.partial(_kernels.moe_hopper.moe_mxfp4_hopper, one_multiply=ex.one_multiply, descriptors=ex.descriptors)
         if ex.blocks_order == "hopper":  # (e.g. fp16 activations after bf16 ones): the reference undoes the order
             return None
         from gptoss_viz.runtime.kernels.moe import moe_mxfp4
@@ -395,19 +392,15 @@ class MoE(nn.Module):
         E, two_i = ex.gate_up_proj_bias.shape
         if not (self.fast_path_ok(x) and _hopper_moe_ok(x.device, x.dtype, x.shape[-1], two_i // 2)):
             return None
-        from gptoss_viz.runtime.kernels.moe_hopper import schedule_rows
-
-        return schedule_rows(x.numel() // x.shape[-1] * self.k, E)
+        return _kernels.moe_hopper.schedule_rows(x.numel() // x.shape[-1] * self.k, E)
 
     def routing_fused_ok(self, x: torch.Tensor) -> bool:
         """Whether Block's fast path may compute this router's logits and its choice in one launch
         (fused.router_route_fused): fast path on, and no torch module hook on the router that its call would run."""
         if not _fused_ok(self.use_kernels, x):
             return False
-        from gptoss_viz.runtime.kernels.fused import router_route_ok
-
         r = self.router
-        return router_route_ok(x, r.weight, r.bias) and not (r._forward_hooks or r._forward_pre_hooks)
+        return _kernels.fused.router_route_ok(x, r.weight, r.bias) and not (r._forward_hooks or r._forward_pre_hooks)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: "RMSNorm | None" = None,
                 routed: tuple | None = None):
@@ -504,18 +497,15 @@ class Block(nn.Module):
         hook_resid_pre in between leaves x as it is)."""
         x = self.hook_resid_pre(x)
         if _fused_ok(self.attn.use_kernels, x):  # the same sums and norms, fewer launches (kernels/fused.py)
-            from gptoss_viz.runtime.kernels.fused import rms_norm_fused
-
+            fused = _kernels.fused
             if normed is None:
-                normed = rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps)
+                normed = fused.rms_norm_fused(x, self.input_layernorm.weight, self.input_layernorm.eps)
             a = self.attn(normed, cos, sin, window)
-            h, x = rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
+            h, x = fused.rms_norm_fused(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps, a)
             mlp = self.mlp
             routed = None
             if mlp.routing_fused_ok(h):  # the router, its choice and the MoE schedule's grouping in one launch
-                from gptoss_viz.runtime.kernels.fused import router_route_fused
-
-                routed = router_route_fused(h, mlp.router.weight, mlp.router.bias, mlp.k, mlp.grouping_rows(h))
+                routed = fused.router_route_fused(h, mlp.router.weight, mlp.router.bias, mlp.k, mlp.grouping_rows(h))
             if next_norm is not None and self.hook_resid_post.idle:
                 return mlp(h, residual=x, norm=next_norm, routed=routed)
             x = self.hook_resid_post(mlp(h, residual=x, routed=routed))
@@ -580,12 +570,33 @@ class GptOss(HookedModel):
         """Per-call options for the changes no hook can express (interventions):
         `window` replaces every sliding layer's window (full layers stay full; window >= T makes every layer
         full); `rope="plain"` swaps YaRN for plain RoPE."""
-        check_ids(ids, self.config.vocab_size, self.config.max_position_embeddings)
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 token, got {window}")
-        x = self.hook_embed(self.embed_tokens(ids))  # [T, d], no embedding scale
+        blocks = self.blocks
+        h = None  # the next RMSNorm of x, where the block before (or the embedding's launch) computed it
+        if ids.__class__ is torch.Tensor and ids.is_cuda and _embed_fused_ok(blocks, self.embed_tokens):
+            # fast path: one launch embeds, takes the ids' range for the check and, where no hook sits in between,
+            # the first block's input RMSNorm; the host reads the range when it next waits anyway (deferred)
+            check_ids_shape(ids, self.config.max_position_embeddings)
+            first = blocks[0] if len(blocks) and self.hook_embed.idle and blocks[0].hook_resid_pre.idle else None
+            norm = None if first is None else (first.input_layernorm.weight, first.input_layernorm.eps)
+            x, h, id_range = _kernels.fused.embed_fused(ids, self.embed_tokens.weight, norm)
+            defer_range_check(id_range, self.config.vocab_size)
+        else:
+            check_ids(ids, self.config.vocab_size, self.config.max_position_embeddings)
+            x = self.embed_tokens(ids)
+        try:
+            logits = self._blocks_and_head(self.hook_embed(x), h, ids, window, rope)  # [T, d], no embedding scale
+        except BaseException:
+            drop_deferred_checks()
+            raise
+        run_deferred_checks()  # (where no hook function ran it before)
+        return logits
+
+    def _blocks_and_head(self, x: torch.Tensor, h: torch.Tensor | None, ids: torch.Tensor, window: int | None,
+                         rope: str | None) -> torch.Tensor:
+        """The forward from the embedding x on (h: the first block's input RMSNorm of x, or None)."""
         cos, sin = self.rope(ids.shape[-1], ids.device, rope)
-        h = None  # the next RMSNorm of x, where the block before computed it (Block.forward)
         blocks = self.blocks
         for i, block in enumerate(blocks):
             nxt = blocks[i + 1] if i + 1 < len(blocks) else None
@@ -644,6 +655,21 @@ class GptOss(HookedModel):
                 "moe": summary([b.mlp.last_path for b in self.blocks])}
 
 
+class _KernelModules:
+    """gptoss_viz.runtime.kernels' modules as attributes, each imported on first use (Triton only where the fast
+    path runs) and then a plain attribute: a function-level import costs ~0.5-1 us of host time, ~7 a block."""
+
+    def __getattr__(self, name: str):
+        import importlib
+
+        module = importlib.import_module(f"gptoss_viz.runtime.kernels.{name}")
+        setattr(self, name, module)
+        return module
+
+
+_kernels = _KernelModules()
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels_available(device: torch.device) -> bool:
     """Imported here, not at the top: the kernels package (and Triton) is touched only for CUDA tensors. Kept per
@@ -671,8 +697,48 @@ def _fused_ok(use_kernels: bool, x: torch.Tensor) -> bool:
     return use_kernels and x.is_cuda and x.dtype == torch.bfloat16 and _kernels_available(x.device)
 
 
+def _embed_fused_ok(blocks, embed: nn.Embedding) -> bool:
+    """Whether the forward embeds through fused.embed_fused: the fast path on (the first block's switch, which
+    use_kernels sets for all), a contiguous bf16 table on CUDA, and no torch module hook on the embedding (its call
+    would run them)."""
+    emb = embed.weight
+    return (len(blocks) > 0 and _fused_ok(blocks[0].attn.use_kernels, emb) and emb.is_contiguous()
+            and not (embed._forward_hooks or embed._forward_pre_hooks or _torch_module._global_forward_hooks
+                     or _torch_module._global_forward_pre_hooks))
+
+
+def defer_range_check(id_range: torch.Tensor, vocab_size: int) -> None:
+    """Check the ids' range [min, max] (on the device, from fused.embed_fused) without making the host wait now: an
+    asynchronous copy to the host and an event, read by a deferred check (hooks.defer_check) that raises the same
+    error as check_ids before any hook function sees an activation, or as the forward returns."""
+    host = id_range.to("cpu", non_blocking=True)  # (pinned by torch, on the stream of id_range's device)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(id_range.device))
+
+    def check() -> None:
+        copied.synchronize()  # (long done by the time the forward ends: the embedding is its first launch)
+        lo, hi = host.tolist()
+        check_range(lo, hi, vocab_size)
+
+    defer_check(check)
+
+
 def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:
     """Clear errors for inputs the model cannot run, instead of an index error deep inside."""
+    check_ids_shape(ids, max_len)
+    lo, hi = (int(v) for v in torch.aminmax(ids.cpu()))  # one copy to the host (one wait), a small reduction there
+    check_range(lo, hi, vocab_size)
+
+
+def check_range(lo: int, hi: int, vocab_size: int) -> None:
+    """The error for token ids whose min is lo and max hi, if they fall outside the vocabulary."""
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise InputError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
+
+
+def check_ids_shape(ids: torch.Tensor, max_len: int) -> None:
+    """check_ids without the range of the values (nothing copied from the device)."""
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
         raise InputError(f"token ids must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
     if ids.dim() not in (1, 2):
@@ -682,8 +748,4 @@ def check_ids(ids: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise InputError("empty input: the prompt produced no tokens")
     if T > max_len:
         raise InputError(f"sequence of {T} tokens is longer than the model's {max_len} positions")
-    lo, hi = (int(v) for v in torch.aminmax(ids.cpu()))  # one copy to the host (one wait), a small reduction there
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
-        raise InputError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -20,6 +21,38 @@ from torch.nn.modules import module as _torch_module
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
+
+
+_deferred = threading.local()  # .checks: this thread's input checks waiting on the device (defer_check)
+
+
+def defer_check(check: Callable[[], None]) -> None:
+    """Queue a check of the current forward's input that needs a value the device computes (e.g. the range of
+    token ids on the GPU, read without making the host wait at the forward's start): `check()` raises on bad input.
+    It runs before any hook function of this thread sees an activation (HookPoint.forward), or when the forward
+    calls run_deferred_checks before returning, whichever comes first; drop_deferred_checks discards it."""
+    checks = getattr(_deferred, "checks", None)
+    if checks is None:
+        checks = _deferred.checks = []
+    checks.append(check)
+
+
+def run_deferred_checks() -> None:
+    """Run (and clear) the current thread's deferred input checks; the first that fails raises, the rest are
+    dropped with it."""
+    checks = getattr(_deferred, "checks", None)
+    if checks:
+        pending = checks[:]
+        checks.clear()
+        for check in pending:
+            check()
+
+
+def drop_deferred_checks() -> None:
+    """Forget the current thread's deferred checks (their forward ended with another error)."""
+    checks = getattr(_deferred, "checks", None)
+    if checks:
+        checks.clear()
 
 
 def observer(fn: HookFn) -> HookFn:
@@ -74,10 +107,14 @@ class HookPoint(nn.Module):
                 or self._backward_pre_hooks or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
                 or _torch_module._global_backward_pre_hooks):
+            if getattr(_deferred, "checks", None):  # (before torch's pre-hooks see x)
+                run_deferred_checks()
             return super().__call__(x)
         return self.forward(x) if self._fns else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(_deferred, "checks", None):  # no hook function sees activations of input yet to be checked
+            run_deferred_checks()
         for fn in self._fns:
             out = fn(x, self)
             if out is not None:

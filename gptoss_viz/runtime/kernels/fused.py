@@ -6,6 +6,9 @@ of RMSNorm, RoPE and the MoE tile schedule; the GPU sat idle for a quarter of th
 
 - `rms_norm_fused`: gptoss.rms_norm (fp32 maths, cast back), optionally adding the residual first (the block's
   `x + attn(...)`, rounded to the activation dtype as the reference's bf16 add rounds it) and returning the sum.
+- `embed_fused`: the token embedding with the range check of the ids (their min and max, for the host to read
+  when it next waits anyway) and the first block's RMSNorm, in one launch where the forward took a copy of the ids
+  to the host (a wait), torch's embedding and a norm.
 - `rope_fused`: rope.apply_rope with the reference's roundings reproduced step by step (cos/sin cast to the
   activation dtype, each product and the difference rounded), so it equals the reference bit for bit.
 - `top_predictions_fused`: trace.top_predictions (the top-k logits of each row and each row's logsumexp) in one
@@ -93,6 +96,60 @@ def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: 
     if residual is None:
         return out if len(shape) == 2 else out.view(shape)
     return (out, s) if len(shape) == 2 else (out.view(shape), s.view(shape))
+
+
+@triton.jit
+def _embed_kernel(ids_ptr, w_ptr, x_ptr, nw_ptr, normed_ptr, range_ptr, T, V, N, eps, stride_w,
+                  NORM: tl.constexpr, BLOCK: tl.constexpr, BR: tl.constexpr):
+    """Row t of x = w[ids[t]] (w's row 0 for an id outside 0..V-1, so that nothing is read out of bounds: the caller
+    rejects such ids from range_ptr), with NORM its RMSNorm as _rms_norm_kernel computes it (same block, warps and
+    sums: the same bits); program 0 also writes the ids' min and max to range_ptr[0], range_ptr[1]."""
+    t = tl.program_id(0).to(tl.int64)
+    i = tl.load(ids_ptr + t).to(tl.int64)
+    i = tl.where((i >= 0) & (i < V), i, 0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(w_ptr + i * stride_w + cols, mask=mask, other=0.0)
+    tl.store(x_ptr + t * N + cols, x, mask=mask)
+    if NORM:
+        xf = x.to(tl.float32)
+        ms = tl.sum(xf * xf, 0) / N
+        y = xf / tl.sqrt_rn(ms + eps)
+        w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(normed_ptr + t * N + cols, (w * y).to(normed_ptr.dtype.element_ty), mask=mask)
+    if t == 0:
+        BIG: tl.constexpr = 2 ** 62
+        lo = tl.full([BR], BIG, tl.int64)
+        hi = tl.full([BR], -BIG, tl.int64)
+        for r0 in range(0, T, BR):
+            r = r0 + tl.arange(0, BR)
+            v = tl.load(ids_ptr + r, mask=r < T, other=0).to(tl.int64)
+            lo = tl.minimum(lo, tl.where(r < T, v, BIG))
+            hi = tl.maximum(hi, tl.where(r < T, v, -BIG))
+        tl.store(range_ptr, tl.min(lo, 0))
+        tl.store(range_ptr + 1, tl.max(hi, 0))
+
+
+_embed_launch = Launcher(_embed_kernel)
+
+
+def embed_fused(ids: torch.Tensor, weight: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None):
+    """F.embedding(ids, weight) for integer ids [...] on the GPU without waiting for the host: (x [..., d], the
+    RMSNorm of x with `norm` (weight [d], eps) as rms_norm_fused computes it (else None), id_range), all from one
+    launch. id_range [2] int64 (on the device) holds the ids' min and max; the caller must reject the result unless
+    0 <= min and max < V (weight [V, d]): an id outside that range reads row 0 instead (no read out of bounds)."""
+    V, N = weight.shape
+    flat = ids.reshape(-1)
+    flat = flat if flat.is_contiguous() else flat.contiguous()
+    T = flat.shape[0]
+    x = torch.empty(T, N, device=weight.device, dtype=weight.dtype)
+    normed = torch.empty_like(x) if norm is not None else x
+    nw, eps = norm if norm is not None else (weight, 0.0)
+    id_range = torch.empty(2, device=weight.device, dtype=torch.int64)
+    _embed_launch[(T,)](flat, weight, x, nw, normed, id_range, T, V, N, float(eps), weight.stride(0),
+                        NORM=norm is not None, BLOCK=rms_block(N), BR=1024, num_warps=8)
+    shape = (*ids.shape, N)
+    return x.view(shape), (normed.view(shape) if norm is not None else None), id_range
 
 
 def rms_block(N: int) -> int:

@@ -608,6 +608,27 @@ def _tile_launch(t: HopperTile, bxk: int) -> _TileLaunch:
     return _TileLaunch(features, _rows_layout(t.bt), _rows_layout(bxk), _WORDS, _SCALES, kwargs)
 
 
+@functools.lru_cache(maxsize=256)
+def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule,
+                 clusters: bool) -> tuple[_TileLaunch, _TileLaunch, int, int, int]:
+    """(gate_up's launch, down's launch, bt, bx, bxk) for A assignments over E experts: the tile rule's and the
+    cluster rule's choice (hopper_tile, gate_up_cluster: passed in, so that a probe that replaces them here is not
+    served a plan of the old ones), or `tile` for both, checked; kept per arguments, a few microseconds of host time
+    a layer otherwise."""
+    down_tile = tile or rule(A / E, E)
+    gate_up_tile = tile or cluster_rule(down_tile, clusters)
+    for t in (gate_up_tile, down_tile):
+        if t.halves not in (1, 2) or (t.halves == 2 and t.bt < 32):
+            # (Triton 3.6 aborts compiling two halves at 16-row tiles: an assertion in its MMA layout conversion)
+            raise ValueError(f"HopperTile.halves must be 1, or 2 with bt >= 32; got halves={t.halves}, bt={t.bt}")
+        if t.cluster not in (1, 2) or (t.cluster == 2 and (t.halves != 1 or not clusters)):
+            raise ValueError(f"HopperTile.cluster must be 1, or 2 with halves 1 on Triton 3.7; got "
+                             f"cluster={t.cluster}, halves={t.halves}, Triton {triton.__version__}")
+    bt, bx = down_tile.bt, down_tile.bx  # (gate_up_cluster keeps them: one schedule for both launches)
+    bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
+    return _tile_launch(gate_up_tile, bxk), _tile_launch(down_tile, bxk), bt, bx, bxk
+
+
 def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                      gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
@@ -642,16 +663,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    down_tile = tile or hopper_tile(A / E, E)
-    gate_up_tile = tile or gate_up_cluster(down_tile, CLUSTERS)
-    for t in (gate_up_tile, down_tile):
-        if t.halves not in (1, 2) or (t.halves == 2 and t.bt < 32):
-            # (Triton 3.6 aborts compiling two halves at 16-row tiles: an assertion in its MMA layout conversion)
-            raise ValueError(f"HopperTile.halves must be 1, or 2 with bt >= 32; got halves={t.halves}, bt={t.bt}")
-        if t.cluster not in (1, 2) or (t.cluster == 2 and (t.halves != 1 or not CLUSTERS)):
-            raise ValueError(f"HopperTile.cluster must be 1, or 2 with halves 1 on Triton 3.7; got "
-                             f"cluster={t.cluster}, halves={t.halves}, Triton {triton.__version__}")
-    bt, bx = down_tile.bt, down_tile.bx  # (gate_up_cluster keeps them: one schedule for both launches)
+    g_up, g_down, bt, bx, bxk = _launch_plan(A, E, tile, hopper_tile, gate_up_cluster, CLUSTERS)
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
     if grouping is None:
         s = moe_schedule_fused(idx, E, bt + bx)
@@ -660,9 +672,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f"grouping made for tiles of {grouping.block_m} rows; these kernels take {bt + bx}")
     else:
         xs, s = group_rows_fused(x, idx, grouping)
-    bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
-    g = _tile_launch(gate_up_tile, bxk)
+    g = g_up
     _moe_hopper_launch[(cdiv(two_i, g.features), s.n_tiles)](
         _rows_descriptor(xs, bt, g.rows), _rows_descriptor(xs, bxk, g.rows_x),
         _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [g.features, 8], g.words),
@@ -672,7 +683,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
     y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)  # (moe.moe_mxfp4: why not fp32)
     route_w = weight.reshape(-1).contiguous()
-    g = _tile_launch(down_tile, bxk)
+    g = g_down
     _moe_hopper_launch[(cdiv(d, g.features), s.n_tiles)](
         _rows_descriptor(act, bt, g.rows), _rows_descriptor(act, bxk, g.rows_x),
         _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [g.features, 8], g.words),
