@@ -80,8 +80,8 @@ def cases(arch: int) -> dict:
     c = {
         "rms_norm": lambda: fused.rms_norm_fused(x, torch.ones(d), 1e-5),
         "rms_norm + residual": lambda: fused.rms_norm_fused(x, torch.ones(d), 1e-5, x),
-        "embedding + id range + rms_norm": lambda: fused.embed_fused(torch.randint(0, 2048, (T,)),
-                                                                     torch.randn(2048, d).to(bf), (torch.ones(d), 1e-5)),
+        "embedding + id range + rms_norm": lambda: fused.embed_fused(
+            torch.randint(0, 2048, (T,)), torch.randn(2048, d).to(bf), (torch.ones(d), 1e-5)),
         "rope (q and k)": lambda: fused.rope_fused(q, cos, sin, kk),
         "route": lambda: fused.route_fused(torch.randn(T, E).to(bf), k),
         "router + route": lambda: fused.router_route_fused(x, torch.randn(E, d).to(bf), torch.zeros(E).to(bf), k),

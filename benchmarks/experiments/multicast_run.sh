@@ -15,7 +15,8 @@ fi
 tag=s${GPTOSS_CLUSTER_SCRATCH:-0}
 for s in ${*:-0 1 2}; do
   GPTOSS_CLUSTER_SYNC=$s timeout 250 python benchmarks/moe_hopper.py --out "$OUT/sync${s}_$tag.json" \
-    --counts 1024 2048 --tiles auto "128+32 nonarrow" "128+32 c2" "128+32 s2 c2" "128+64 c2" 2>&1 | grep -v Warn | tail -14
+    --counts 1024 2048 --tiles auto "128+32 nonarrow" "128+32 c2" "128+32 s2 c2" "128+64 c2" 2>&1 \
+    | grep -v Warn | tail -14
   if [ "${MC_K:-}" != none ]; then
     GPTOSS_CLUSTER_SYNC=$s timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels_gpu.py \
       -k "${MC_K:-clusters_equals and 128}" 2>&1 | tail -3 | tee "$OUT/test_sync${s}_$tag.log"

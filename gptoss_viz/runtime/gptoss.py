@@ -201,7 +201,8 @@ class Attention(nn.Module):
         window = self.window if window is None else window
         if self.fast_path_ok(q):
             want_sink = self.hook_sink_prob.active
-            out, sink_prob = _kernels.attention.attention_with_sinks_fused(q, k, v, self.sinks, window, want_sink=want_sink)
+            out, sink_prob = _kernels.attention.attention_with_sinks_fused(q, k, v, self.sinks, window,
+                                                                           want_sink=want_sink)
             if want_sink:
                 self.hook_sink_prob(sink_prob)  # [H, T] from the same softmax: exp(sink - logsumexp)
             self.last_path = "triton"
@@ -378,7 +379,8 @@ class MoE(nn.Module):
         ex = self.experts
         if _hopper_moe_ok(x.device, x.dtype, x.shape[-1], ex.gate_up_proj_bias.shape[1] // 2):
             ex.use_hopper_order()  # once: the Hopper kernels read the blocks in their own order
-            return functools.partial(_kernels.moe_hopper.moe_mxfp4_hopper, one_multiply=ex.one_multiply, descriptors=ex.descriptors)
+            return functools.partial(_kernels.moe_hopper.moe_mxfp4_hopper, one_multiply=ex.one_multiply,
+                                     descriptors=ex.descriptors)
         if ex.blocks_order == "hopper":  # (e.g. fp16 activations after bf16 ones): the reference undoes the order
             return None
         from gptoss_viz.runtime.kernels.moe import moe_mxfp4
@@ -578,7 +580,7 @@ class GptOss(HookedModel):
             # fast path: one launch embeds, takes the ids' range for the check and, where no hook sits in between,
             # the first block's input RMSNorm; the host reads the range when it next waits anyway (deferred)
             check_ids_shape(ids, self.config.max_position_embeddings)
-            first = blocks[0] if len(blocks) and self.hook_embed.idle and blocks[0].hook_resid_pre.idle else None
+            first = blocks[0] if self.hook_embed.idle and blocks[0].hook_resid_pre.idle else None
             norm = None if first is None else (first.input_layernorm.weight, first.input_layernorm.eps)
             x, h, id_range = _kernels.fused.embed_fused(ids, self.embed_tokens.weight, norm)
             defer_range_check(id_range, self.config.vocab_size)

@@ -107,14 +107,12 @@ class HookPoint(nn.Module):
                 or self._backward_pre_hooks or _torch_module._global_forward_hooks
                 or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
                 or _torch_module._global_backward_pre_hooks):
-            if getattr(_deferred, "checks", None):  # (before torch's pre-hooks see x)
-                run_deferred_checks()
+            run_deferred_checks()  # (before torch's pre-hooks see x)
             return super().__call__(x)
         return self.forward(x) if self._fns else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(_deferred, "checks", None):  # no hook function sees activations of input yet to be checked
-            run_deferred_checks()
+        run_deferred_checks()  # no hook function sees activations of input yet to be checked
         for fn in self._fns:
             out = fn(x, self)
             if out is not None:
