@@ -62,6 +62,16 @@ def _trio_issue(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem,
 
 
 @gluon.jit
+def _stage_rows(a_smem, st, NB: gl.constexpr, BT: gl.constexpr):
+    """Stage st's activation rows as wgmma's B operand: the first NB of its BT (a narrow tile), K-major."""
+    if NB < BT:
+        rows = a_smem.index(st).slice(0, NB)
+    else:
+        rows = a_smem.index(st)
+    return rows.permute((1, 0))
+
+
+@gluon.jit
 def _trio_decode(k, h: gl.constexpr, w_smem, s_smem, ready, STAGES: gl.constexpr, AL: gl.constexpr,
                  WL: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
     """Wait for step k's stage; decode this warp group's (h-th) 64 weight rows of it."""
@@ -87,11 +97,7 @@ def _trio_step(k, w, acc0, acc20, a_desc, x_desc, w_desc, s_desc, start, wrow, s
     fence_async_shared()  # (its words were read by ordinary loads; the refill is an async-proxy write)
     mbarrier.arrive(empty.index(prev), count=1)
     st = k % STAGES
-    if NB < BT:
-        rows = a_smem.index(st).slice(0, NB).permute((1, 0))
-    else:
-        rows = a_smem.index(st).permute((1, 0))
-    acc0 = hopper.warpgroup_mma(w, rows, acc0, use_acc=True, is_async=True)
+    acc0 = hopper.warpgroup_mma(w, _stage_rows(a_smem, st, NB, BT), acc0, use_acc=True, is_async=True)
     if EXTRA:
         acc20 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc20,
                                      use_acc=True, is_async=True)
@@ -122,11 +128,7 @@ def _trio_tile(h: gl.constexpr, LOAD: gl.constexpr, a_desc, x_desc, w_desc, s_de
     acc0 = gl.zeros([BO, NB], gl.float32, ACC)
     acc20 = gl.zeros([BO, BX], gl.float32, ACC2)
     wa = _trio_decode(0, h, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
-    if NB < BT:
-        rows0 = a_smem.index(0).slice(0, NB).permute((1, 0))
-    else:
-        rows0 = a_smem.index(0).permute((1, 0))
-    acc0 = hopper.warpgroup_mma(wa, rows0, acc0, use_acc=False, is_async=True)
+    acc0 = hopper.warpgroup_mma(wa, _stage_rows(a_smem, 0, NB, BT), acc0, use_acc=False, is_async=True)
     if EXTRA:
         acc20 = hopper.warpgroup_mma(gl.convert_layout(wa, AL2), x_smem.index(0).permute((1, 0)), acc20,
                                      use_acc=False, is_async=True)
