@@ -56,6 +56,16 @@ def _round_to(x, DT: tl.constexpr):
 
 
 @triton.jit
+def _rms_norm_row(xf, w_ptr, cols, mask, N, eps):
+    """The RMSNorm of one row xf (fp32, 0 past N) with the weight at w_ptr, in fp32: what every kernel that ends in
+    the norm computes (_rms_norm_kernel, _embed_kernel, moe._sum_slots_kernel), in one order of operations, so that
+    the same block and warps give the same bits."""
+    ms = tl.sum(xf * xf, 0) / N
+    y = xf / tl.sqrt_rn(ms + eps)
+    return tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) * y
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, N, eps, stride_x, stride_r, stride_o, stride_s,
                      HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -68,10 +78,8 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, N, eps, stride_x, st
         tl.store(sum_ptr + row * stride_s + cols, xf.to(x.dtype), mask=mask)
     else:
         xf = x.to(tl.float32)
-    ms = tl.sum(xf * xf, 0) / N
-    y = xf / tl.sqrt_rn(ms + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+    y = _rms_norm_row(xf, w_ptr, cols, mask, N, eps)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 _rms_norm_launch = Launcher(_rms_norm_kernel)
@@ -112,11 +120,8 @@ def _embed_kernel(ids_ptr, w_ptr, x_ptr, nw_ptr, normed_ptr, range_ptr, T, V, N,
     x = tl.load(w_ptr + i * stride_w + cols, mask=mask, other=0.0)
     tl.store(x_ptr + t * N + cols, x, mask=mask)
     if NORM:
-        xf = x.to(tl.float32)
-        ms = tl.sum(xf * xf, 0) / N
-        y = xf / tl.sqrt_rn(ms + eps)
-        w = tl.load(nw_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(normed_ptr + t * N + cols, (w * y).to(normed_ptr.dtype.element_ty), mask=mask)
+        y = _rms_norm_row(x.to(tl.float32), nw_ptr, cols, mask, N, eps)
+        tl.store(normed_ptr + t * N + cols, y.to(normed_ptr.dtype.element_ty), mask=mask)
     if t == 0:
         BIG: tl.constexpr = 2 ** 62
         lo = tl.full([BR], BIG, tl.int64)

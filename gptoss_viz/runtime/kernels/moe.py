@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
-from gptoss_viz.runtime.kernels.fused import _round_to, moe_schedule_fused, rms_block
+from gptoss_viz.runtime.kernels.fused import _rms_norm_row, _round_to, moe_schedule_fused, rms_block
 
 
 def _decode_asm(one_multiply: bool, shared_scale: bool = False) -> str:
@@ -336,11 +336,8 @@ def _sum_slots_kernel(y_ptr, out_ptr, res_ptr, sum_ptr, w_ptr, norm_ptr, d, eps,
         total = (r + _round_to(acc, DT)).to(DT)
         tl.store(sum_ptr + t * d + cols, total, mask=m)
         if NORM:
-            xf = total.to(tl.float32)  # 0 past d
-            ms = tl.sum(xf * xf, 0) / d
-            yn = xf / tl.sqrt_rn(ms + eps)
-            w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-            tl.store(norm_ptr + t * d + cols, (w * yn).to(DT), mask=m)
+            yn = _rms_norm_row(total.to(tl.float32), w_ptr, cols, m, d, eps)  # (0 past d)
+            tl.store(norm_ptr + t * d + cols, yn.to(DT), mask=m)
 
 
 _sum_slots_launch = Launcher(_sum_slots_kernel)
