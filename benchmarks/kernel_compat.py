@@ -11,13 +11,22 @@ Kernels compiled: RMSNorm (with and without the residual), RoPE, routing (and wi
 the grouped rows' gather, the MoE schedule, the k-sum, attention with sinks (full causal and windowed, with and
 without the sink probability), the Trace's pattern statistics and top-5 predictions, moe.py's MXFP4 kernels, and on
 sm_90 the Hopper MoE kernels at every tile hopper_tile and gate_up_cluster pick (and both decodes at one).
+
+`--wgmma` (sm_90) also asks ptxas, for each compiled kernel that uses wgmma, whether it serialises them (its
+C7511/C7512 advisory: each wgmma waited for before the next, which cost the Hopper MoE kernels 30% and more when it
+happened; RESULTS.md, twenty-eighth session), by compiling the kernel's PTX again with Triton's ptxas flags.
+`--control` adds one Hopper MoE tile that ptxas is known to serialise (128+32 at 120 registers), to show that the
+check sees it. tests/test_kernel_compat.py runs both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -53,15 +62,49 @@ class _Target:
         return torch.device("cpu")
 
 
+COMPILED = []  # every kernel compiled through _compile_only's warm-ups, in order
+
+
 def _compile_only() -> None:
-    """kernel[grid](...) compiles and returns without launching; the Launcher goes through it."""
+    """kernel[grid](...) compiles and returns without launching (the compiled kernel, also appended to COMPILED);
+    the Launcher goes through it."""
     from gptoss_viz.runtime.kernels.launch import Launcher
 
     Launcher.enabled = False
-    JITFunction.__getitem__ = lambda self, grid: (lambda *a, **k: self.run(*a, grid=grid, warmup=True, **k))
+
+    def warm_up(self, grid):
+        def compile_it(*a, **k):
+            kernel = self.run(*a, grid=grid, warmup=True, **k)
+            COMPILED.append(kernel)
+            return kernel
+        return compile_it
+
+    JITFunction.__getitem__ = warm_up
 
 
-def cases(arch: int) -> dict:
+_SERIALISED = re.compile(r"C751[12]|wgmma\.mma_async instructions are serialized")
+
+
+def wgmma_serialised(kernel, arch: int) -> bool | None:
+    """Whether ptxas serialises the compiled kernel's wgmmas (None: it has none), from the kernel's PTX compiled
+    again with the flags Triton gives ptxas (-lineinfo, -v, --regAllocOptLevel=2)."""
+    ptx = kernel.asm.get("ptx")
+    if ptx is None or "wgmma.mma_async" not in ptx:
+        return None
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "kernel.ptx"
+        src.write_text(ptx)
+        run = subprocess.run([get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                              f"--gpu-name={sm_arch_from_capability(arch)}", str(src), "-o", str(src) + ".o"],
+                             capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"ptxas failed on {kernel.name}: {run.stderr[-500:]}")
+    return bool(_SERIALISED.search(run.stdout + run.stderr))
+
+
+def cases(arch: int, control: bool = False) -> dict:
     """name -> a function that makes the launches of one kernel (CPU tensors at 20b shapes)."""
     from gptoss_viz.runtime.kernels import attention, fused, moe
 
@@ -127,29 +170,50 @@ def cases(arch: int) -> dict:
                 name = (f"Hopper MoE kernels, {tile.bt}+{tile.bx} x{tile.halves}" + (" c2" if tile.cluster == 2 else "")
                         + ("" if one else ", two multiplies"))
                 c[name] = lambda tile=tile, one=one: moe_hopper.moe_mxfp4_hopper(*hop, tile=tile, one_multiply=one)
+        if control:
+            bad = moe_hopper.HopperTile(128, 32, 2, 120)
+            c[CONTROL] = lambda: moe_hopper.moe_mxfp4_hopper(*hop, tile=bad, one_multiply=True)
     return c
+
+
+CONTROL = "Hopper MoE kernels, 128+32 at 120 registers (control: ptxas serialises its wgmmas)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90, help="compute capability to compile for, e.g. 90 or 80")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--wgmma", action="store_true", help="also report kernels whose wgmmas ptxas serialises (sm_90)")
+    ap.add_argument("--control", action="store_true", help="add a Hopper MoE tile ptxas is known to serialise")
     args = ap.parse_args()
     driver.set_active(_Target(args.arch))
     _compile_only()
     R = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch, "kernels": {}}
-    for name, fn in cases(args.arch).items():
+    if args.wgmma:
+        R["wgmma_serialised"] = {}  # case -> whether ptxas serialised the wgmmas of any kernel it compiled
+    for name, fn in cases(args.arch, args.control).items():
+        del COMPILED[:]
         try:
             with torch.inference_mode():
                 fn()
             R["kernels"][name] = "ok"
+            if args.wgmma:
+                flags = [f for f in (wgmma_serialised(k, args.arch) for k in COMPILED) if f is not None]
+                if flags:
+                    R["wgmma_serialised"][name] = any(flags)
         except Exception as e:  # report and go on: the point is the list
             last = traceback.format_exception_only(type(e), e)[-1].strip()
             R["kernels"][name] = f"FAILED: {last[:300]}"
-        print(f"{name}: {R['kernels'][name]}", flush=True)
+        serial = R.get("wgmma_serialised", {}).get(name)
+        print(f"{name}: {R['kernels'][name]}" + ("" if serial is None else f", wgmma serialised: {serial}"),
+              flush=True)
     bad = [n for n, r in R["kernels"].items() if r != "ok"]
     print(f"Triton {triton.__version__}, sm_{args.arch}: {len(R['kernels']) - len(bad)} of {len(R['kernels'])} "
           "kernels compile" + (f"; failed: {', '.join(bad)}" if bad else ""))
+    if args.wgmma:
+        serial = [n for n, f in R["wgmma_serialised"].items() if f]
+        print(f"wgmma: {len(R['wgmma_serialised'])} cases use it, serialised in "
+              + (", ".join(serial) if serial else "none"))
     if args.out:
         args.out.write_text(json.dumps(R, indent=1))
 
