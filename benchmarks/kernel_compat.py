@@ -13,8 +13,9 @@ without the sink probability), the Trace's pattern statistics and top-5 predicti
 sm_90 the Hopper MoE kernels at every tile hopper_tile and gate_up_cluster pick (and both decodes at one).
 
 `--wgmma` (sm_90) also asks ptxas, for each compiled kernel that uses wgmma, whether it serialises them (its
-C7511/C7512 advisory: each wgmma waited for before the next, which cost the Hopper MoE kernels 30% and more when it
-happened; RESULTS.md, twenty-eighth session), by compiling the kernel's PTX again with Triton's ptxas flags.
+C7510-C7512 advisories: each wgmma waited for before the next, which cost the Hopper MoE kernels 30% and more
+when it happened; RESULTS.md, twenty-eighth session), by compiling the kernel's PTX again with Triton's ptxas
+flags.
 `--control` adds one Hopper MoE tile that ptxas is known to serialise (128+32 at 120 registers), to show that the
 check sees it. tests/test_kernel_compat.py runs both.
 """
@@ -82,7 +83,7 @@ def _compile_only() -> None:
     JITFunction.__getitem__ = warm_up
 
 
-_SERIALISED = re.compile(r"C751[12]|wgmma\.mma_async instructions are serialized")
+_SERIALISED = re.compile(r"C751[0-9]|wgmma\.mma_async instructions are serialized")
 
 
 def wgmma_serialised(kernel, arch: int) -> bool | None:

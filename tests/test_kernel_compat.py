@@ -1,8 +1,9 @@
 """The fast path's kernels compile for sm_90 on the CPU (benchmarks/kernel_compat.py, nothing runs), and ptxas keeps
 the wgmmas of those that an H100/H200 runs for gpt-oss in bf16 pipelined. When ptxas serialises them instead (its
-C7511/C7512 advisory: each wgmma waited for before the next), the kernels still give the right bits and only run
-slower: 1.3x for the MoE kernels in the twenty-eighth session's experiment (RESULTS.md). So no GPU test would see
-it; this one does. A tile that ptxas is known to serialise (kernel_compat.CONTROL) shows that the check sees it.
+C7510-C7512 advisories: each wgmma waited for before the next), the kernels still give the right bits and only
+run slower: 1.3x for the MoE kernels in the twenty-eighth session's experiment (RESULTS.md). So no GPU test would
+see it; this one does. A tile that ptxas is known to serialise (kernel_compat.CONTROL) shows that the check sees
+it.
 
 moe.py's Triton kernels, which sm_90 runs only for fp16 activations or widths that are not multiples of 64, are
 compiled but not held to this (ptxas serialises their 16- and 32-row classes with Triton 3.7.1)."""
