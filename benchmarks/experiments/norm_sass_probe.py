@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernel_compat import _compile_only, _Target  # noqa: E402
+from kernel_compat import COMPILED, _compile_only, _Target  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
 
@@ -43,14 +43,13 @@ def main() -> None:
         moe.sum_slots(torch.zeros(T * 4, d).to(bf), T, bf)
     cuobjdump = Path(__import__("triton").__file__).parent / "backends/nvidia/bin/cuobjdump"
     rows = []
-    for fn in (fused._rms_norm_kernel, fused._embed_kernel, moe._sum_slots_kernel):
-        for k in fn.device_caches[0][0].values():
-            cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "norm_sass_probe.cubin"
-            cubin.write_bytes(k.asm["cubin"])
-            sass = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True).stdout
-            ins = [re.sub(r"/\*[^*]*\*/", "", line).strip() for line in sass.splitlines()
-                   if re.search(r"/\*[0-9a-f]{4,5}\*/", line)]
-            rows.append((fn.__name__, hashlib.sha256("\n".join(ins).encode()).hexdigest()[:16], len(ins)))
+    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / "norm_sass_probe.cubin"
+    for k in {id(k): k for k in COMPILED}.values():  # (each compiled variant once)
+        cubin.write_bytes(k.asm["cubin"])
+        sass = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True).stdout
+        ins = [re.sub(r"/\*[^*]*\*/", "", line).strip() for line in sass.splitlines()
+               if re.search(r"/\*[0-9a-f]{4,5}\*/", line)]
+        rows.append((k.name, hashlib.sha256("\n".join(ins).encode()).hexdigest()[:16], len(ins)))
     for r in sorted(rows):
         print(*r)
 
