@@ -39,6 +39,7 @@ from gptoss_viz.runtime.kernels import moe_hopper as mh  # noqa: E402
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused  # noqa: E402
 from gptoss_viz.runtime.kernels.launch import cdiv  # noqa: E402
 from gptoss_viz.runtime.kernels.moe import sum_slots  # noqa: E402
+from moe_trio import _stage_rows  # noqa: E402  (this folder: the script's own)
 
 F = gl.constexpr(128)  # output features a program: two warp groups of 64
 _F = F.value
@@ -91,16 +92,21 @@ def _duo_load_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_sm
 
 
 @gluon.jit
+def _duo_item(item, NF, tile_start_ptr, tile_end_ptr):
+    """Work item `item` of a program: (schedule tile, feature tile, its first row, its end row); feature tiles
+    first, so that programs next to each other share the rows."""
+    pid_m = item // NF
+    return pid_m, item % NF, gl.load(tile_start_ptr + pid_m), gl.load(tile_end_ptr + pid_m)
+
+
+@gluon.jit
 def _duo_loader(a_desc, x_desc, w_desc, s_desc, tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N,
                 a_smem, x_smem, w_smem, s_smem, ready, empty, BT: gl.constexpr, STAGES: gl.constexpr):
     """The worker partition (one warp): every copy of the program's tiles, STAGES steps ahead of the consumers."""
     num_k = K // 64
     g = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        pid_m = item // NF
-        pid_n = item % NF
-        start = gl.load(tile_start_ptr + pid_m)
-        end = gl.load(tile_end_ptr + pid_m)
+        pid_m, pid_n, start, end = _duo_item(item, NF, tile_start_ptr, tile_end_ptr)
         if start < end:  # else a spare tile of the static grid
             e = gl.load(tile_expert_ptr + pid_m).to(gl.int32)
             wrow = e * N + pid_n * F
@@ -125,16 +131,6 @@ def _duo_decode(gs, w_smem, s_smem, ready, STAGES: gl.constexpr, AL: gl.constexp
 
 
 @gluon.jit
-def _duo_rows(a_smem, st, NB: gl.constexpr, BT: gl.constexpr):
-    """Stage st's activation rows as wgmma's B operand: the first NB of its BT (a narrow tile), K-major."""
-    if NB < BT:
-        rows = a_smem.index(st).slice(0, NB)
-    else:
-        rows = a_smem.index(st)
-    return rows.permute((1, 0))
-
-
-@gluon.jit
 def _duo_release(gs, empty, STAGES: gl.constexpr):
     """Hand the program's step gs's stage back to the loader (every consumer warp is done with it)."""
     mh._cta_barrier()  # every consumer warp is done with the stage (words read, wgmmas complete)
@@ -148,7 +144,7 @@ def _duo_step(gs, w, acc0, acc20, a_smem, x_smem, empty, STAGES: gl.constexpr, B
     """The program's step gs (not a tile's first) on its decoded weights w: issue its wgmma(s) behind the step
     before's, wait for that one's (the register set it read is then free for the next decode), release its stage."""
     st = gs % STAGES
-    acc0 = hopper.warpgroup_mma(w, _duo_rows(a_smem, st, NB, BT), acc0, use_acc=True, is_async=True)
+    acc0 = hopper.warpgroup_mma(w, _stage_rows(a_smem, st, NB, BT), acc0, use_acc=True, is_async=True)
     if EXTRA:
         acc20 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc20,
                                      use_acc=True, is_async=True)
@@ -176,7 +172,7 @@ def _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_
     # step 0, peeled: use_acc=False on a zero accumulator
     wa = _duo_decode(g, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
     st = g % STAGES
-    acc0 = hopper.warpgroup_mma(wa, _duo_rows(a_smem, st, NB, BT), acc0, use_acc=False, is_async=True)
+    acc0 = hopper.warpgroup_mma(wa, _stage_rows(a_smem, st, NB, BT), acc0, use_acc=False, is_async=True)
     if EXTRA:
         acc20 = hopper.warpgroup_mma(gl.convert_layout(wa, AL2), x_smem.index(st).permute((1, 0)), acc20,
                                      use_acc=False, is_async=True)
@@ -218,10 +214,7 @@ def _duo_consumers(a_smem, x_smem, w_smem, s_smem, ready, empty, order_ptr, rout
     num_k = K // 64
     g = 0
     for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        pid_m = item // NF
-        pid_n = item % NF
-        start = gl.load(tile_start_ptr + pid_m)
-        end = gl.load(tile_end_ptr + pid_m)
+        pid_m, pid_n, start, end = _duo_item(item, NF, tile_start_ptr, tile_end_ptr)
         if start < end:
             e = gl.load(tile_expert_ptr + pid_m).to(gl.int64)
             rows = end - start
@@ -275,10 +268,6 @@ def _moe_duo_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias
         mbarrier.invalidate(empty.index(i))
 
 
-_WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-_SCALES = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
-
-
 def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
                   limit, alpha, tile: mh.HopperTile | None = None, stages: int = 4, one_multiply: bool = True,
                   maxnreg: int | None = None, persistent: int = 0):
@@ -306,8 +295,8 @@ def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, 
     items = nf * s.n_tiles
     _moe_duo_kernel[(min(items, persistent) if persistent else items,)](
         desc(xs, [bt, 64], mh._rows_layout(bt)), desc(xs, [bxk, 64], mh._rows_layout(bxk)),
-        desc(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [_F, 8], _WORDS),
-        desc(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * _F], _SCALES),
+        desc(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [_F, 8], mh._WORDS),
+        desc(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * _F], mh._SCALES),
         s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, items, nf, d, two_i,
         gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha), GATE_UP=True, **kw)
     y = torch.empty(A, d, device=x.device, dtype=x.dtype)
@@ -316,8 +305,8 @@ def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, 
     items = nf * s.n_tiles
     _moe_duo_kernel[(min(items, persistent) if persistent else items,)](
         desc(act, [bt, 64], mh._rows_layout(bt)), desc(act, [bxk, 64], mh._rows_layout(bxk)),
-        desc(down_blocks.view(torch.int32).view(E * d, I // 8), [_F, 8], _WORDS),
-        desc(down_scales.view(E * (I // 64), 2 * d), [1, 2 * _F], _SCALES),
+        desc(down_blocks.view(torch.int32).view(E * d, I // 8), [_F, 8], mh._WORDS),
+        desc(down_scales.view(E * (I // 64), 2 * d), [1, 2 * _F], mh._SCALES),
         s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, items, nf, I, d,
         down_bias.stride(0), y.stride(0), 0.0, 0.0, GATE_UP=False, **kw)
     return sum_slots(y, N, x.dtype)
@@ -344,35 +333,16 @@ def _compile_only():
     """Compile both launches for sm_90 on CPU tensors (kernel_compat.py's driver); print shared memory, registers
     and whether ptxas serialises the wgmmas."""
     import kernel_compat
-    from kernel_compat import _Target
-    from triton.runtime import driver
+    import moe_trio
 
-    from gptoss_viz.runtime.kernels.schedule import moe_schedule
-    from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
-
-    driver.set_active(_Target(90))
-    kernel_compat._compile_only()
     global moe_schedule_fused
-
-    def moe_schedule_fused(idx, n_experts, block_m):  # noqa: F811 (the torch reference; the kernel's never runs)
-        s = moe_schedule(idx, n_experts, block_m)
-        return s.__class__(**{**s.__dict__, "order": s.order.int(), "token": s.token.int()})
-
-    bf = torch.bfloat16
-    T, d, E, k = 1024, 2880, 32, 4
-    x = torch.randn(T, d).to(bf)
-    idx = torch.rand(T, E).topk(k, -1).indices
-    w = torch.rand(T, k).to(bf)
-    gu = to_hopper_order(torch.zeros(E, 2 * d, d // 32, 16, dtype=torch.uint8))
-    gus = to_hopper_scales(torch.full((E, 2 * d, d // 32), 120, dtype=torch.uint8))
-    dn = to_hopper_order(torch.zeros(E, d, d // 32, 16, dtype=torch.uint8))
-    dns = to_hopper_scales(torch.full((E, d, d // 32), 120, dtype=torch.uint8))
+    moe_schedule_fused = moe_trio.reference_schedule
+    args = moe_trio.cpu_compile_args()
     for stages in [int(a) for a in os.environ.get("DUO_STAGES", "3,4,5,6").split(",")]:
         del kernel_compat.COMPILED[:]
         try:
             with torch.inference_mode():
-                moe_mxfp4_duo(x, idx, w, gu, gus, torch.zeros(E, 2 * d).to(bf), dn, dns, torch.zeros(E, d).to(bf),
-                              7.0, 1.702, stages=stages, persistent=132)
+                moe_mxfp4_duo(*args, stages=stages, persistent=132)
             for kk in kernel_compat.COMPILED:
                 if "duo" in kk.name:
                     print(f"stages {stages}: shared {kk.metadata.shared}, warps {kk.metadata.num_warps}, "
@@ -389,7 +359,8 @@ def _compile_only():
 def main() -> None:
     if sys.argv[1:2] == ["--compile"]:
         return _compile_only()
-    from moe_hopper import header, hopper_layer, launches_ms
+    from moe_hopper import header, hopper_layer
+    from moe_trio import compare
     from moe_variants import routed
 
     out = Path(sys.argv[1])
@@ -419,18 +390,7 @@ def main() -> None:
                         x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns, ex.down_proj_bias, ex.limit, ex.alpha,
                         tile=tile, stages=st, persistent=p))
             variants["product again"] = base
-            for name, fn in variants.items():
-                try:
-                    got = fn()
-                    torch.cuda.synchronize()
-                    v = {"equal": bool(torch.equal(got, ref)),
-                         "max_abs_diff": (got.float() - ref.float()).abs().max().item()}
-                    ks = [t_ for n, t_ in launches_ms(fn) if "moe_hopper" in n or "moe_duo" in n]
-                    v.update(gate_up_ms=ks[0], down_ms=ks[1])
-                except Exception as e:  # record and go on
-                    v = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-                rec["variants"][name] = v
-                print(T, name, v, flush=True)
+            rec["variants"] = compare(T, variants, ref, ("moe_hopper", "moe_duo"))
         R["counts"].append(rec)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(R, indent=1))  # (after each count: a run cut short keeps what it measured)

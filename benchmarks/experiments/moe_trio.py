@@ -300,23 +300,26 @@ def moe_mxfp4_trio(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias,
     return sum_slots(y, N, x.dtype)
 
 
-def _compile_only():
-    """Compile both launches for sm_90 on CPU tensors (kernel_compat.py's driver); print shared memory."""
+def reference_schedule(idx, n_experts, block_m):
+    """moe_schedule_fused's torch reference, with order and token in int32 as the kernel's (which cannot run on the
+    CPU): what a compile-only launch takes."""
+    from gptoss_viz.runtime.kernels.schedule import moe_schedule
+
+    s = moe_schedule(idx, n_experts, block_m)
+    return s.__class__(**{**s.__dict__, "order": s.order.int(), "token": s.token.int()})
+
+
+def cpu_compile_args():
+    """Compile-only launches for sm_90 (kernel_compat.py's driver), and one 1024-token 20b MoE call's arguments as
+    CPU tensors: x, idx, weight, gate_up blocks, scales, bias, down blocks, scales, bias, limit, alpha."""
     from kernel_compat import _compile_only as co
     from kernel_compat import _Target
     from triton.runtime import driver
 
-    from gptoss_viz.runtime.kernels.schedule import moe_schedule
     from gptoss_viz.runtime.mxfp4 import to_hopper_order, to_hopper_scales
 
     driver.set_active(_Target(90))
     co()
-    global moe_schedule_fused
-
-    def moe_schedule_fused(idx, n_experts, block_m):  # noqa: F811 (the torch reference; the kernel's never runs)
-        s = moe_schedule(idx, n_experts, block_m)
-        return s.__class__(**{**s.__dict__, "order": s.order.int(), "token": s.token.int()})
-
     bf = torch.bfloat16
     T, d, E, k = 1024, 2880, 32, 4
     x = torch.randn(T, d).to(bf)
@@ -326,11 +329,18 @@ def _compile_only():
     gus = to_hopper_scales(torch.full((E, 2 * d, d // 32), 120, dtype=torch.uint8))
     dn = to_hopper_order(torch.zeros(E, d, d // 32, 16, dtype=torch.uint8))
     dns = to_hopper_scales(torch.full((E, d, d // 32), 120, dtype=torch.uint8))
+    return x, idx, w, gu, gus, torch.zeros(E, 2 * d).to(bf), dn, dns, torch.zeros(E, d).to(bf), 7.0, 1.702
+
+
+def _compile_only():
+    """Compile both launches for sm_90 on CPU tensors (kernel_compat.py's driver); print shared memory."""
+    global moe_schedule_fused
+    moe_schedule_fused = reference_schedule
+    args = cpu_compile_args()
     for stages in (3, 4, 5):
         try:
             with torch.inference_mode():
-                moe_mxfp4_trio(x, idx, w, gu, gus, torch.zeros(E, 2 * d).to(bf), dn, dns, torch.zeros(E, d).to(bf),
-                               7.0, 1.702, stages=stages)
+                moe_mxfp4_trio(*args, stages=stages)
             kern = list(_moe_trio_kernel.device_caches[0][0].values())
             print(f"stages {stages}: ok;", [(kk.metadata.shared, kk.metadata.num_warps) for kk in kern])
         except Exception as e:
@@ -339,10 +349,31 @@ def _compile_only():
                 raise
 
 
+def compare(T: int, variants: dict, ref, kernels: tuple) -> dict:
+    """name -> {equal (to ref), max_abs_diff, gate_up_ms, down_ms} for each variant (a function of no arguments),
+    its two MoE kernels' GPU time (launches whose names contain one of `kernels`) under torch.profiler; an error
+    is recorded and the next variant measured. Printed as it goes."""
+    from moe_hopper import launches_ms
+
+    got_all = {}
+    for name, fn in variants.items():
+        try:
+            got = fn()
+            torch.cuda.synchronize()
+            v = {"equal": bool(torch.equal(got, ref)), "max_abs_diff": (got.float() - ref.float()).abs().max().item()}
+            ks = [t_ for n, t_ in launches_ms(fn) if any(k in n for k in kernels)]
+            v.update(gate_up_ms=ks[0], down_ms=ks[1])
+        except Exception as e:  # record and go on
+            v = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+        got_all[name] = v
+        print(T, name, v, flush=True)
+    return got_all
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--compile"]:
         return _compile_only()
-    from moe_hopper import header, hopper_layer, launches_ms
+    from moe_hopper import header, hopper_layer
     from moe_variants import routed
 
     out = Path(sys.argv[1])
@@ -367,18 +398,7 @@ def main() -> None:
                 variants[f"trio s{st}"] = (lambda st=st: moe_mxfp4_trio(
                     x, idx, w, gu, gus, ex.gate_up_proj_bias, dn, dns, ex.down_proj_bias, ex.limit, ex.alpha,
                     tile=tile, stages=st))
-            for name, fn in variants.items():
-                try:
-                    got = fn()
-                    torch.cuda.synchronize()
-                    v = {"equal": bool(torch.equal(got, ref)),
-                         "max_abs_diff": (got.float() - ref.float()).abs().max().item()}
-                    ks = [t_ for n, t_ in launches_ms(fn) if "moe_hopper" in n or "moe_trio" in n]
-                    v.update(gate_up_ms=ks[0], down_ms=ks[1])
-                except Exception as e:  # record and go on
-                    v = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-                rec["variants"][name] = v
-                print(T, name, v, flush=True)
+            rec["variants"] = compare(T, variants, ref, ("moe_hopper", "moe_trio"))
         R["counts"].append(rec)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(R, indent=1))
