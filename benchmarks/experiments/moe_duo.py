@@ -39,7 +39,7 @@ from gptoss_viz.runtime.kernels import moe_hopper as mh  # noqa: E402
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused  # noqa: E402
 from gptoss_viz.runtime.kernels.launch import cdiv  # noqa: E402
 from gptoss_viz.runtime.kernels.moe import sum_slots  # noqa: E402
-from moe_trio import _stage_rows  # noqa: E402  (this folder: the script's own)
+from moe_trio import _stage_rows, grouped  # noqa: E402  (this folder: the script's own)
 
 F = gl.constexpr(128)  # output features a program: two warp groups of 64
 _F = F.value
@@ -273,17 +273,7 @@ def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, 
                   maxnreg: int | None = None, persistent: int = 0):
     """moe_hopper.moe_mxfp4_hopper (its schedule and tile rows; no clusters) with these kernels; `persistent`:
     at most that many programs (each then takes several tiles), 0 for one program a tile."""
-    N, d = x.shape
-    k = idx.shape[-1]
-    E, two_i = gate_up_bias.shape
-    I = two_i // 2
-    A = N * k
-    t = tile or mh.hopper_tile(A / E, E)
-    bt, bx = t.bt, t.bx
-    bxk = max(bx, 16)
-    s = moe_schedule_fused(idx, E, bt + bx)
-    xs = x.index_select(0, s.token)
-    act = torch.empty(A, I, device=x.device, dtype=x.dtype)
+    N, d, E, two_i, I, A, t, bt, bxk, s, xs, act = grouped(x, idx, gate_up_bias, tile, moe_schedule_fused)
     narrow = int(os.environ.get("DUO_NARROW", "0")) if t.narrow and bt >= 64 else 0
     kw = dict(BT=bt, BX=bxk, STAGES=stages, NARROW=narrow, ONE_MULTIPLY=bool(one_multiply), num_warps=8,
               LREGS=LOADER_REGS)

@@ -261,22 +261,26 @@ _WORDS = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 _SCALES = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
 
 
+def grouped(x, idx, gate_up_bias, tile, schedule):
+    """What moe_hopper.moe_mxfp4_hopper sets up before its launches, with `schedule` (moe_schedule_fused, or
+    reference_schedule where the kernels are only compiled): N, d, E, 2I, I, the assignments A, the tile (hopper_tile's
+    choice unless given), its rows bt, the overflow box's rows bxk, the schedule, x's rows in grouped order, and the
+    activations' [A, I] buffer."""
+    N, d = x.shape
+    E, two_i = gate_up_bias.shape
+    A = N * idx.shape[-1]
+    t = tile or mh.hopper_tile(A / E, E)
+    s = schedule(idx, E, t.bt + t.bx)
+    act = torch.empty(A, two_i // 2, device=x.device, dtype=x.dtype)
+    return N, d, E, two_i, two_i // 2, A, t, t.bt, max(t.bx, 16), s, x.index_select(0, s.token), act
+
+
 def moe_mxfp4_trio(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
                    limit, alpha, tile: mh.HopperTile | None = None, stages: int = 4, one_multiply: bool = True,
                    maxnreg: int = 168):
     """moe_hopper.moe_mxfp4_hopper (its schedule and tile rows; no clusters) with these kernels, WG * 64 output
     features a program."""
-    N, d = x.shape
-    k = idx.shape[-1]
-    E, two_i = gate_up_bias.shape
-    I = two_i // 2
-    A = N * k
-    t = tile or mh.hopper_tile(A / E, E)
-    bt, bx = t.bt, t.bx
-    bxk = max(bx, 16)
-    s = moe_schedule_fused(idx, E, bt + bx)
-    xs = x.index_select(0, s.token)
-    act = torch.empty(A, I, device=x.device, dtype=x.dtype)
+    N, d, E, two_i, I, A, t, bt, bxk, s, xs, act = grouped(x, idx, gate_up_bias, tile, moe_schedule_fused)
     F = _WG * _BO
     narrow = bool(t.narrow) and bt >= 64
     kw = dict(BT=bt, BX=bxk, STAGES=stages, NARROW=narrow, ONE_MULTIPLY=bool(one_multiply), num_warps=4,
