@@ -10,7 +10,7 @@ whether the results are right (moe_hopper.trusted checks that on the GPU, once).
 Kernels compiled: RMSNorm (with and without the residual), RoPE, routing (and with the MoE schedule's grouping),
 the grouped rows' gather, the MoE schedule, the k-sum, attention with sinks (full causal and windowed, with and
 without the sink probability), the Trace's pattern statistics and top-5 predictions, moe.py's MXFP4 kernels, and on
-sm_90 the Hopper MoE kernels at every tile hopper_tile and gate_up_cluster pick (and both decodes at one).
+sm_90 the Hopper MoE kernels at every tile hopper_tile, gate_up_cluster and duo_tile pick (and both decodes at one).
 
 `--wgmma` (sm_90) also asks ptxas, for each compiled kernel that uses wgmma, whether it serialises them (its
 C7510-C7512 advisories: each wgmma waited for before the next, which cost the Hopper MoE kernels 30% and more
@@ -155,6 +155,10 @@ def cases(arch: int, control: bool = False) -> dict:
         from gptoss_viz.runtime.kernels.schedule import moe_schedule
 
         moe_hopper.supported = lambda *a: True  # (it asks the GPU for its capability)
+        if moe_hopper.CLUSTERS:
+            from gptoss_viz.runtime.kernels import moe_hopper_duo
+
+            moe_hopper_duo.programs = lambda device: 132  # (an H100's SMs; it asks the GPU)
 
         def schedule(idx, n_experts, block_m):  # the torch reference: the kernel's never runs here, its rows would
             s = moe_schedule(idx, n_experts, block_m)  # be garbage for the row gather (int32, as the kernel's)
@@ -165,11 +169,12 @@ def cases(arch: int, control: bool = False) -> dict:
         for i in (3, 4, 6, 7):
             hop[i] = (to_hopper_order if i in (3, 6) else to_hopper_scales)(hop[i])
         picked = {moe_hopper.hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)}
-        tiles = sorted(picked | {moe_hopper.gate_up_cluster(t, moe_hopper.CLUSTERS) for t in picked})
+        tiles = sorted(picked | {moe_hopper.gate_up_cluster(t, moe_hopper.CLUSTERS) for t in picked}
+                       | {moe_hopper.duo_tile(t, moe_hopper.CLUSTERS) for t in picked})
         for tile in tiles:
             for one in ((True, False) if tile.bt == 128 and tile.bx == 32 and tile.cluster == 1 else (True,)):
                 name = (f"Hopper MoE kernels, {tile.bt}+{tile.bx} x{tile.halves}" + (" c2" if tile.cluster == 2 else "")
-                        + ("" if one else ", two multiplies"))
+                        + (" duo" if tile.duo else "") + ("" if one else ", two multiplies"))
                 c[name] = lambda tile=tile, one=one: moe_hopper.moe_mxfp4_hopper(*hop, tile=tile, one_multiply=one)
         if control:
             bad = moe_hopper.HopperTile(128, 32, 2, 120)

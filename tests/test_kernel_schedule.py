@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, gate_up_cluster, hopper_tile
+from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, duo_tile, gate_up_cluster, hopper_tile
 from gptoss_viz.runtime.kernels.schedule import max_tiles, moe_schedule
 
 
@@ -79,3 +79,17 @@ def test_gate_up_runs_128_row_tiles_as_clusters_where_triton_has_them():
     assert gate_up_cluster(t, False) == t
     others = {hopper_tile(m, e) for m in (0.5, 5, 20, 40, 80, 600) for e in (32, 128)}
     assert t not in others and all(gate_up_cluster(o, True) == o for o in others)
+
+
+def test_long_prompts_run_the_duo_kernels_where_triton_has_them():
+    """duo_tile: hopper_tile's 128+64 tile (a mean of 512 or more rows an expert: 20b from 4096 tokens, 120b from
+    16384) runs both launches as moe_hopper_duo's kernels, 5 stages, narrow tiles off, only where Triton has them;
+    every other tile stays as chosen, and the schedule's rows (bt + bx) do not change."""
+    for m, e in ((4096 * 4 / 32, 32), (512, 32), (16384 * 4 / 128, 128)):
+        t = hopper_tile(m, e)
+        assert t == HopperTile(128, 64, 3)
+        assert duo_tile(t, True) == HopperTile(128, 64, 5, narrow=False, duo=True)
+        assert duo_tile(t, False) == t
+    others = {hopper_tile(m, e) for m in (0.5, 5, 20, 40, 80, 200, 511.9) for e in (32, 128)}
+    assert all(duo_tile(o, True) == o for o in others)
+    assert gate_up_cluster(duo_tile(hopper_tile(600, 32), True), True).duo  # (clusters leave it alone)

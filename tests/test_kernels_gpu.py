@@ -247,7 +247,17 @@ HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": l
                 "128+64": lambda: _htile(128, 64, 3),
                 "32+32 h2": lambda: _htile(32, 32, 4, 0, True, 2),
                 "64+32 s3 h2 r168": lambda: _htile(64, 32, 3, 168, True, 2),
-                "128+32 h2": lambda: _htile(128, 32, 3, 0, True, 2)}
+                "128+32 h2": lambda: _htile(128, 32, 3, 0, True, 2),
+                # moe_hopper_duo's kernels (two warp groups and a loader warp a program, persistent; Triton 3.7)
+                "128+64 duo": lambda: _htile(128, 64, 5, 0, False, 1, 1, True),
+                "128+32 duo s2": lambda: _htile(128, 32, 2, 0, False, 1, 1, True)}
+
+
+def skip_without_duo(tile):
+    from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS
+
+    if tile is not None and tile.duo and not CLUSTERS:
+        pytest.skip("moe_hopper_duo's kernels need Triton 3.7's Gluon (moe_hopper.CLUSTERS)")
 HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, 129),
                                                                           (2880, 2880, 128, 4, 1100),
                                                                           (128, 64, 8, 2, 37)]
@@ -274,6 +284,7 @@ def test_hopper_moe_matches_dequantized_matmul(d, I, E, k, N, tile):
     moe.py's kernel (same decode bits, fp32 accumulation: on an H200 the two agreed bit for bit)."""
     from gptoss_viz.runtime.kernels.moe import moe_mxfp4
 
+    skip_without_duo(HOPPER_TILES[tile]())
     moe = random_moe(d, I, E, k, seed=N)
     x, idx, weight = routed_inputs(N, d, E, k)
     fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
@@ -328,6 +339,47 @@ def test_hopper_moe_rule_with_clusters_for_gate_up_equals_single_programs(N):
     d, I, E, k = 2880, 2880, 32, 4
     t = hopper_tile(N * k / E, E)
     assert gate_up_cluster(t, True).cluster == 2, "the rule takes no cluster here: the test would compare nothing"
+    moe = random_moe(d, I, E, k, seed=N)
+    x, idx, weight = routed_inputs(N, d, E, k)
+    rule = hopper_moe(moe, x, idx, weight)
+    single = hopper_moe(moe, x, idx, weight, tile=t)
+    assert torch.equal(rule, single), f"N={N}: the rule's output differs by {rel_err(rule, single):.3g}"
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("tile", ["128+64", "128+32"])
+@pytest.mark.parametrize("stages", [5, 2])
+@pytest.mark.parametrize("d,I,E,k,N", [(2880, 2880, 32, 4, n) for n in (7, 333, 1023, 4500)] + [(128, 64, 8, 2, 37)])
+def test_hopper_moe_duo_equals_single_programs(d, I, E, k, N, tile, stages):
+    """HopperTile.duo: moe_hopper_duo's two warp groups compute what two programs of 64 features compute, in the
+    same order, so the outputs must be the same bits as moe_hopper's at the same tile (narrow tiles off in both).
+    4500 tokens make ~40 tiles a program of the persistent grid, so the stages and their barriers' phases wrap
+    over tiles (more often with 2 stages); d=128, I=64 make one and two K steps; down's 2880 features leave the last
+    program's second warp group past them."""
+    t = HOPPER_TILES[tile]()._replace(narrow=False, stages=3)
+    duo = t._replace(duo=True, stages=stages)
+    skip_without_duo(duo)
+    moe = random_moe(d, I, E, k, seed=N)
+    x, idx, weight = routed_inputs(N, d, E, k)
+    one = hopper_moe(moe, x, idx, weight, tile=t)
+    two = hopper_moe(moe, x, idx, weight, tile=duo)
+    where = f"tile {tile} duo, stages {stages} d={d} I={I} E={E} k={k} N={N}"
+    assert torch.equal(one, two), f"{where}: differs from single programs by {rel_err(two, one):.3g}"
+    with torch.no_grad():
+        ref = moe.combine(x, idx, weight)
+    check_no_worse(two, ref, moe_exact(moe, x, idx, weight), where)
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+def test_hopper_moe_rule_takes_the_duo_kernels_for_long_prompts():
+    """Without a `tile`, 20b at 4500 tokens (a mean of 562 rows an expert) runs both launches as moe_hopper_duo's
+    kernels (duo_tile): the same bits as hopper_tile's own 128+64 tile in moe_hopper's kernel."""
+    from gptoss_viz.runtime.kernels.hopper_tiles import duo_tile, hopper_tile
+
+    d, I, E, k, N = 2880, 2880, 32, 4, 4500
+    t = hopper_tile(N * k / E, E)
+    skip_without_duo(duo_tile(t, True))
+    assert duo_tile(t, True).duo, "the rule takes no duo tile here: the test would compare nothing"
     moe = random_moe(d, I, E, k, seed=N)
     x, idx, weight = routed_inputs(N, d, E, k)
     rule = hopper_moe(moe, x, idx, weight)
@@ -442,9 +494,10 @@ def test_hopper_one_multiply_equals_two(d, I, E, k, N, tile):
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
 @pytest.mark.parametrize("tile", ["auto", "16+16", "64+32 s2 r128", "64+32 s3 r128", "128+32", "128+64", "32+32 h2",
-                                  "128+32 h2"])
+                                  "128+32 h2", "128+64 duo", "128+32 duo s2"])
 def test_hopper_moe_skewed_routing(tile):
     """All tokens on a few experts: many tiles for one expert, tiles with and without overflow rows, empty experts."""
+    skip_without_duo(HOPPER_TILES[tile]())
     moe, x, idx, weight = skewed_case()
     fast = hopper_moe(moe, x, idx, weight, HOPPER_TILES[tile]())
     with torch.no_grad():

@@ -14,7 +14,9 @@ class HopperTile(NamedTuple):
     instead of bt (taken only where those are >= 16 rows); `halves`: 2 for 128 output features a program
     (two m64 wgmmas on each step's activation tiles: the step's copies, barriers and waits shared by twice the
     weights), 1 for 64 (moe_hopper.BO); `cluster`: 2 for clusters of two programs on neighbouring feature tiles
-    that share each activation tile by one TMA multicast (Triton 3.7 only; halves 1, no narrow tiles), 1 for none."""
+    that share each activation tile by one TMA multicast (Triton 3.7 only; halves 1, no narrow tiles), 1 for none;
+    `duo`: moe_hopper_duo's kernels instead (two warp groups, 128 output features, sharing each activation tile, and a
+    loader warp a program, one program an SM; Triton 3.7 only; halves 1, cluster 1, no narrow tiles)."""
     bt: int
     bx: int
     stages: int
@@ -22,6 +24,7 @@ class HopperTile(NamedTuple):
     narrow: bool = True
     halves: int = 1
     cluster: int = 1
+    duo: bool = False
 
 
 def hopper_tile(rows_per_expert: float, n_experts: int = 32) -> HopperTile:
@@ -66,4 +69,17 @@ def gate_up_cluster(tile: HopperTile, clusters: bool) -> HopperTile:
     kept: both launches share one schedule."""
     if clusters and tile == HopperTile(128, 32, 3):
         return tile._replace(narrow=False, cluster=2)
+    return tile
+
+
+def duo_tile(tile: HopperTile, available: bool) -> HopperTile:
+    """Both launches' tile where hopper_tile chose `tile`: its 128+64 tiles (a mean of 512 or more rows an expert:
+    20b from 4096 tokens) run as moe_hopper_duo's kernels with 5 stages where those are available (Triton 3.7:
+    moe_hopper.CLUSTERS). On one gpt-oss-20b layer on an H100 (twenty-ninth session,
+    results/moe_duo_h100_s29*.json), gate_up / down took 0.940 / 0.455 ms against 1.040 / 0.504 at 4096 tokens and
+    1.78 / 0.88 against 2.05 / 1.00 at 8192. Where hopper_tile takes 128+32 (1024-4095 tokens) it was slower, with
+    either tile (at 1024: 0.271-0.275 / 0.142 with 128+32 and 0.29 / 0.146 with 128+64 against 0.273 / 0.134; at
+    3072: 0.82 / 0.42 against 0.80 / 0.41), so those stay moe_hopper's. bt and bx are kept: one schedule."""
+    if available and tile == HopperTile(128, 64, 3):
+        return HopperTile(128, 64, 5, narrow=False, duo=True)
     return tile

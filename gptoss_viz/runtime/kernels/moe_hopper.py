@@ -54,7 +54,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from gptoss_viz.runtime.kernels import verify
 from gptoss_viz.runtime.kernels.fused import Grouping, group_rows_fused, moe_schedule_fused
-from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, gate_up_cluster, hopper_tile
+from gptoss_viz.runtime.kernels.hopper_tiles import HopperTile, duo_tile, gate_up_cluster, hopper_tile
 from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
 from gptoss_viz.runtime.kernels.moe import _decode_asm, sum_slots
 
@@ -586,16 +586,26 @@ def supported(device: torch.device, dtype: torch.dtype, d: int, I: int) -> bool:
 
 class _TileLaunch(NamedTuple):
     """What a launch of tile t needs: the output features a program (a cluster's with cluster 2), the shared-memory
-    layouts of its row boxes (BT, BX rows), weight words and scales, and the kernel's tile arguments."""
+    layouts of its row boxes (BT, BX rows), weight words and scales, the kernel's tile arguments, and with `duo`
+    the module of the kernels that run it (moe_hopper_duo), else None."""
     features: int
     rows: object
     rows_x: object
     words: object
     scales: object
     kwargs: dict
+    duo: object = None
 
 
 def _tile_launch(t: HopperTile, bxk: int) -> _TileLaunch:
+    if t.duo:  # (imported here: moe_hopper_duo builds on this module)
+        from gptoss_viz.runtime.kernels import moe_hopper_duo
+
+        kwargs = {"STAGES": t.stages, "LREGS": moe_hopper_duo.LOADER_REGS, "num_warps": 8}
+        if t.maxnreg:
+            kwargs["maxnreg"] = t.maxnreg
+        return _TileLaunch(moe_hopper_duo.F.value, _rows_layout(t.bt), _rows_layout(bxk), _WORDS, _SCALES, kwargs,
+                           moe_hopper_duo)
     features = t.halves * BO * t.cluster
     kwargs = {"BO": BO * t.cluster, "STAGES": t.stages, "HALVES": t.halves,
               # (Gluon slices no tile that a cluster shares)
@@ -609,13 +619,13 @@ def _tile_launch(t: HopperTile, bxk: int) -> _TileLaunch:
 
 
 @functools.lru_cache(maxsize=256)
-def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule,
-                 clusters: bool) -> tuple[_TileLaunch, _TileLaunch, int, int, int]:
-    """(gate_up's launch, down's launch, bt, bx, bxk) for A assignments over E experts: the tile rule's and the
-    cluster rule's choice (hopper_tile, gate_up_cluster: passed in, so that a probe that replaces them here is not
-    served a plan of the old ones), or `tile` for both, checked; kept per arguments, a few microseconds of host time
-    a layer otherwise."""
-    down_tile = tile or rule(A / E, E)
+def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule, clusters: bool,
+                 duo_rule=duo_tile) -> tuple[_TileLaunch, _TileLaunch, int, int, int]:
+    """(gate_up's launch, down's launch, bt, bx, bxk) for A assignments over E experts: the tile rule's, the duo
+    rule's and the cluster rule's choice (hopper_tile, duo_tile, gate_up_cluster: passed in, so that a probe that
+    replaces them here is not served a plan of the old ones), or `tile` for both, checked; kept per arguments, a
+    few microseconds of host time a layer otherwise."""
+    down_tile = tile or duo_rule(rule(A / E, E), clusters)  # (the duo kernels need the Gluon clusters need: 3.7)
     gate_up_tile = tile or cluster_rule(down_tile, clusters)
     for t in (gate_up_tile, down_tile):
         if t.halves not in (1, 2) or (t.halves == 2 and t.bt < 32):
@@ -624,6 +634,9 @@ def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule,
         if t.cluster not in (1, 2) or (t.cluster == 2 and (t.halves != 1 or not clusters)):
             raise ValueError(f"HopperTile.cluster must be 1, or 2 with halves 1 on Triton 3.7; got "
                              f"cluster={t.cluster}, halves={t.halves}, Triton {triton.__version__}")
+        if t.duo and (t.halves != 1 or t.cluster != 1 or t.narrow or not clusters):
+            raise ValueError(f"HopperTile.duo needs halves 1, cluster 1, narrow off and Triton 3.7; got halves="
+                             f"{t.halves}, cluster={t.cluster}, narrow={t.narrow}, Triton {triton.__version__}")
     bt, bx = down_tile.bt, down_tile.bx  # (gate_up_cluster keeps them: one schedule for both launches)
     bxk = max(bx, 16)  # the overflow path is compiled in any case; with bx = 0 no tile takes it
     return _tile_launch(gate_up_tile, bxk), _tile_launch(down_tile, bxk), bt, bx, bxk
@@ -674,23 +687,40 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
         xs, s = group_rows_fused(x, idx, grouping)
     act = torch.empty(A, I, device=x.device, dtype=x.dtype)
     g = g_up
-    _moe_hopper_launch[(cdiv(two_i, g.features), s.n_tiles)](
-        _rows_descriptor(xs, bt, g.rows), _rows_descriptor(xs, bxk, g.rows_x),
-        _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [g.features, 8], g.words),
-        _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * g.features], g.scales),
-        s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
-        gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-        GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
+    descs = (_rows_descriptor(xs, bt, g.rows), _rows_descriptor(xs, bxk, g.rows_x),
+             _weight_descriptor(descriptors, gate_up_blocks, (E * two_i, d // 8), [g.features, 8], g.words),
+             _weight_descriptor(descriptors, gate_up_scales, (E * (d // 64), 2 * two_i), [1, 2 * g.features],
+                                g.scales))
+    if g.duo is None:
+        _moe_hopper_launch[(cdiv(two_i, g.features), s.n_tiles)](
+            *descs, s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
+            gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
+            GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
+    else:  # persistent: at most one program an SM, each over items pid, pid + grid, ...
+        nf = cdiv(two_i, g.features)
+        items = nf * s.n_tiles
+        g.duo._moe_duo_launch[(min(items, g.duo.programs(x.device)),)](
+            *descs, s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, items, nf, d,
+            two_i, gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
+            GATE_UP=True, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), **g.kwargs)
     y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)  # (moe.moe_mxfp4: why not fp32)
     route_w = weight.reshape(-1).contiguous()
     g = g_down
-    _moe_hopper_launch[(cdiv(d, g.features), s.n_tiles)](
-        _rows_descriptor(act, bt, g.rows), _rows_descriptor(act, bxk, g.rows_x),
-        _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [g.features, 8], g.words),
-        _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * g.features], g.scales),
-        s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
-        down_bias.stride(0), y.stride(0), 0.0, 0.0,
-        GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
+    descs = (_rows_descriptor(act, bt, g.rows), _rows_descriptor(act, bxk, g.rows_x),
+             _weight_descriptor(descriptors, down_blocks, (E * d, I // 8), [g.features, 8], g.words),
+             _weight_descriptor(descriptors, down_scales, (E * (I // 64), 2 * d), [1, 2 * g.features], g.scales))
+    if g.duo is None:
+        _moe_hopper_launch[(cdiv(d, g.features), s.n_tiles)](
+            *descs, s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, I, d,
+            down_bias.stride(0), y.stride(0), 0.0, 0.0,
+            GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
+    else:
+        nf = cdiv(d, g.features)
+        items = nf * s.n_tiles
+        g.duo._moe_duo_launch[(min(items, g.duo.programs(x.device)),)](
+            *descs, s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, items, nf, I, d,
+            down_bias.stride(0), y.stride(0), 0.0, 0.0,
+            GATE_UP=False, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), **g.kwargs)
     return sum_slots(y, N, x.dtype, residual, norm)
 
 
@@ -727,7 +757,8 @@ def self_test(device: torch.device) -> str | None:
     packed = (to_hopper_order(gu_blocks), to_hopper_scales(gu_scales), gu_bias,
               to_hopper_order(dn_blocks), to_hopper_scales(dn_scales), dn_bias)
     picked = {hopper_tile(m, e) for m in (1, 20, 80, 200, 600) for e in (32, 128)}
-    tiles = sorted(picked | {gate_up_cluster(t, CLUSTERS) for t in picked})  # (a cluster tile: both launches)
+    # (a cluster or duo tile: both launches)
+    tiles = sorted(picked | {gate_up_cluster(t, CLUSTERS) for t in picked} | {duo_tile(t, CLUSTERS) for t in picked})
     for tile in tiles:
         for one in ((True, False) if tile == hopper_tile(200, 32) else (True,)):
             got = moe_mxfp4_hopper(x, idx, weight, *packed, limit, alpha, tile=tile, one_multiply=one).float()
