@@ -696,13 +696,9 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
             *descs, s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, d, two_i,
             gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
             GATE_UP=True, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
-    else:  # persistent: at most one program an SM, each over items pid, pid + grid, ...
-        nf = cdiv(two_i, g.features)
-        items = nf * s.n_tiles
-        g.duo._moe_duo_launch[(min(items, g.duo.programs(x.device)),)](
-            *descs, s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, items, nf, d,
-            two_i, gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha),
-            GATE_UP=True, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), **g.kwargs)
+    else:  # persistent: at most one program an SM
+        g.duo.launch(descs, s.order, s.order, gate_up_bias, act, s, d, two_i, float(limit), float(alpha), True, bt,
+                     bxk, bool(one_multiply), g.kwargs)
     y = torch.empty(A, d, device=x.device, dtype=slot_dtype or x.dtype)  # (moe.moe_mxfp4: why not fp32)
     route_w = weight.reshape(-1).contiguous()
     g = g_down
@@ -715,12 +711,8 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
             down_bias.stride(0), y.stride(0), 0.0, 0.0,
             GATE_UP=False, TOP_K=k, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), num_warps=4, **g.kwargs)
     else:
-        nf = cdiv(d, g.features)
-        items = nf * s.n_tiles
-        g.duo._moe_duo_launch[(min(items, g.duo.programs(x.device)),)](
-            *descs, s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, items, nf, I, d,
-            down_bias.stride(0), y.stride(0), 0.0, 0.0,
-            GATE_UP=False, BT=bt, BX=bxk, ONE_MULTIPLY=bool(one_multiply), **g.kwargs)
+        g.duo.launch(descs, s.order, route_w, down_bias, y, s, I, d, 0.0, 0.0, False, bt, bxk, bool(one_multiply),
+                     g.kwargs)
     return sum_slots(y, N, x.dtype, residual, norm)
 
 

@@ -35,7 +35,7 @@ from triton.experimental.gluon.language.nvidia import hopper
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
 from gptoss_viz.runtime.kernels import moe_hopper as mh
-from gptoss_viz.runtime.kernels.launch import Launcher
+from gptoss_viz.runtime.kernels.launch import Launcher, cdiv
 
 F = gl.constexpr(128)  # output features a program: two warp groups of 64
 _F = F.value
@@ -223,7 +223,7 @@ def _duo_consumers(a_smem, x_smem, w_smem, s_smem, ready, empty, order_ptr, rout
 
 
 @gluon.jit
-def _moe_duo_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr,
+def _moe_hopper_duo_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr,
                     tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N, stride_biase, stride_om, limit,
                     alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
                     ONE_MULTIPLY: gl.constexpr, LREGS: gl.constexpr):
@@ -254,10 +254,23 @@ def _moe_duo_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias
         mbarrier.invalidate(empty.index(i))
 
 
-_moe_duo_launch = Launcher(_moe_duo_kernel)
+_moe_hopper_duo_launch = Launcher(_moe_hopper_duo_kernel)
 
 
 @functools.lru_cache(maxsize=None)
 def programs(device: torch.device) -> int:
     """The persistent grid's size: one program an SM."""
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch(descs, order, route_w, bias, out, s, K: int, N: int, limit: float, alpha: float, gate_up: bool, bt: int,
+           bx: int, one_multiply: bool, kwargs: dict) -> None:
+    """One of moe_hopper's two launches (gate_up or down, the same arguments as its kernel's) on these kernels:
+    persistent, at most one program an SM, each over items pid, pid + grid, ... of the cdiv(N, 128) feature tiles x
+    the schedule s's tiles."""
+    nf = cdiv(N, _F)
+    items = nf * s.n_tiles
+    _moe_hopper_duo_launch[(min(items, programs(out.device)),)](
+        *descs, order, route_w, bias, out, s.tile_expert, s.tile_start, s.tile_end, items, nf, K, N,
+        bias.stride(0), out.stride(0), limit, alpha, GATE_UP=gate_up, BT=bt, BX=bx, ONE_MULTIPLY=one_multiply,
+        **kwargs)
