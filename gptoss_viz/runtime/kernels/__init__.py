@@ -9,6 +9,9 @@ function as a reference pure function and is tested against it (tests/test_kerne
 - `moe_hopper.moe_mxfp4_hopper`: the same on sm_90 in bf16 (what the model runs on an H100/H200), in Gluon: the
   decoded weights are wgmma's register operand, the packed blocks and scales kept in mxfp4.to_hopper_order and
   to_hopper_scales (the model re-arranges them in place once, Experts.use_hopper_order) and brought in by TMA.
+  For long prompts (hopper_tiles.duo_tile: a mean of 512 or more rows an expert, on Triton 3.7) its launches run
+  `moe_hopper_duo`'s kernels instead: two consumer warp groups sharing each activation tile and a loader warp a
+  program, one program an SM, the same arithmetic and the same bits.
 - `attention.attention_with_sinks_fused`: attention_with_sinks + attend without materialising the [H, T, T]
   pattern (flash-attention style online softmax whose running state starts at the sink column), returning the
   sink probability per head and query on request (exp(sink - logsumexp), one value per row).
