@@ -26,7 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from probe_setup import probe_setup  # noqa: E402
+from probe_setup import probe_setup  # noqa: E402  (puts benchmarks/ on the path)
+
+from gpu_gptoss import event_ms  # noqa: E402
 
 
 class Collections:
@@ -46,15 +48,11 @@ class Collections:
 
 
 def timed(fn, pause: bool) -> float:
+    """fn's CUDA-event ms, after a 50 ms pause or straight after the previous call's synchronise."""
     torch.cuda.synchronize()
     if pause:
         time.sleep(0.05)
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    fn()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b)
+    return event_ms(fn)
 
 
 def main() -> None:

@@ -16,6 +16,11 @@ same bits). One program an SM (8 consumer warps of up to ~232 registers).
     python benchmarks/experiments/moe_duo.py --compile          (CPU: compile for sm_90; shared memory, registers,
                                                                  whether ptxas serialises the wgmmas)
     python benchmarks/experiments/moe_duo.py OUT.json [TOKENS]  (GPU: bits against moe_hopper, kernel times)
+
+Written in the twenty-ninth session with its own copy of the kernels and a narrow-tile variant (`DUO_NARROW`: with
+narrow tiles in the persistent loop ptxas serialises the wgmmas); the kernels are in the product since the
+thirtieth (kernels/moe_hopper_duo.py, without narrow tiles), and this script now runs those. The copy it measured
+with, narrow variant included, is this file at commit bc41446.
 """
 
 from __future__ import annotations
@@ -26,10 +31,6 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia import hopper
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -39,251 +40,26 @@ from gptoss_viz.runtime.kernels import moe_hopper as mh  # noqa: E402
 from gptoss_viz.runtime.kernels.fused import moe_schedule_fused  # noqa: E402
 from gptoss_viz.runtime.kernels.launch import cdiv  # noqa: E402
 from gptoss_viz.runtime.kernels.moe import sum_slots  # noqa: E402
-from moe_trio import _stage_rows, grouped  # noqa: E402  (this folder: the script's own)
+from gptoss_viz.runtime.kernels.moe_hopper_duo import _F, _moe_hopper_duo_kernel  # noqa: E402
+from moe_trio import grouped  # noqa: E402  (this folder: the script's own)
 
-F = gl.constexpr(128)  # output features a program: two warp groups of 64
-_F = F.value
 LOADER_REGS = int(os.environ.get("DUO_LOADER_REGS", "40"))
-
-
-@gluon.constexpr_function
-def _acc(NB):
-    """The accumulator layout of [128 features, NB rows] over two warp groups (each its own m64 wgmma)."""
-    NB = getattr(NB, "value", NB)
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, NB, 16])
-
-
-@gluon.constexpr_function
-def _words():
-    """moe_hopper._word_layout for [128, 4, 2] over 8 warps: rows 64-127 on the second warp group."""
-    return gl.DistributedLinearLayout(
-        reg_bases=[[0, 0, 1], [8, 0, 0]], lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-        warp_bases=[[16, 0, 0], [32, 0, 0], [64, 0, 0]], block_bases=[], shape=[128, 4, 2])
-
-
-@gluon.jit
-def _duo_issue(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready, st,
-               kstep, BT: gl.constexpr, EXTRA: gl.constexpr):
-    """Step kstep's copies into stage st: the activation rows (and with EXTRA the BX after them), the program's 128
-    weight rows' words and their scales, all signalling the stage's `ready`."""
-    nbytes: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes + s_desc.block_type.nbytes
-    if EXTRA:
-        mbarrier.expect(ready.index(st), nbytes + x_desc.block_type.nbytes)
-        mh._tma_load(x_desc, [start + BT, kstep * 64], ready.index(st), x_smem.index(st))
-    else:
-        mbarrier.expect(ready.index(st), nbytes)
-    mh._tma_load(w_desc, [wrow, kstep * 8], ready.index(st), w_smem.index(st))
-    mh._tma_load(s_desc, [srow + kstep, scol], ready.index(st), s_smem.index(st))
-    mh._tma_load(a_desc, [start, kstep * 64], ready.index(st), a_smem.index(st))
-
-
-@gluon.jit
-def _duo_load_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                   empty, g, num_k, BT: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr):
-    """Steps 0..num_k-1 of a tile, the program's steps g.. (stages and phases run on over its tiles)."""
-    for k in range(num_k):
-        gs = g + k
-        st = gs % STAGES
-        # a stage's first fill waits on the phase before its barrier's first (complete by definition)
-        mbarrier.wait(empty.index(st), ((gs // STAGES) & 1) ^ 1)
-        _duo_issue(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem, s_smem, ready,
-                   st, k, BT, EXTRA)
-    return g + num_k
-
-
-@gluon.jit
-def _duo_item(item, NF, tile_start_ptr, tile_end_ptr):
-    """Work item `item` of a program: (schedule tile, feature tile, its first row, its end row); feature tiles
-    first, so that programs next to each other share the rows."""
-    pid_m = item // NF
-    return pid_m, item % NF, gl.load(tile_start_ptr + pid_m), gl.load(tile_end_ptr + pid_m)
-
-
-@gluon.jit
-def _duo_loader(a_desc, x_desc, w_desc, s_desc, tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N,
-                a_smem, x_smem, w_smem, s_smem, ready, empty, BT: gl.constexpr, STAGES: gl.constexpr):
-    """The worker partition (one warp): every copy of the program's tiles, STAGES steps ahead of the consumers."""
-    num_k = K // 64
-    g = 0
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        pid_m, pid_n, start, end = _duo_item(item, NF, tile_start_ptr, tile_end_ptr)
-        if start < end:  # else a spare tile of the static grid
-            e = gl.load(tile_expert_ptr + pid_m).to(gl.int32)
-            wrow = e * N + pid_n * F
-            srow = e * num_k
-            scol = pid_n * 2 * F
-            if end - start > BT:
-                g = _duo_load_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem,
-                                   s_smem, ready, empty, g, num_k, BT, STAGES, True)
-            else:
-                g = _duo_load_loop(a_desc, x_desc, w_desc, s_desc, start, wrow, srow, scol, a_smem, x_smem, w_smem,
-                                   s_smem, ready, empty, g, num_k, BT, STAGES, False)
-
-
-@gluon.jit
-def _duo_decode(gs, w_smem, s_smem, ready, STAGES: gl.constexpr, AL: gl.constexpr, WL: gl.constexpr,
-                ONE_MULTIPLY: gl.constexpr):
-    """Wait for the program's step gs's stage; decode its 128 weight rows (each warp group its own 64)."""
-    st = gs % STAGES
-    mbarrier.wait(ready.index(st), (gs // STAGES) & 1)
-    return mh._decode(mh._smem_words(w_smem, st, 0, F, WL), mh._smem_scales(s_smem, st, 0, F, WL), F, AL, WL,
-                      ONE_MULTIPLY)
-
-
-@gluon.jit
-def _duo_release(gs, empty, STAGES: gl.constexpr):
-    """Hand the program's step gs's stage back to the loader (every consumer warp is done with it)."""
-    mh._cta_barrier()  # every consumer warp is done with the stage (words read, wgmmas complete)
-    fence_async_shared()  # (the words were read by ordinary loads; the refill is an async-proxy write)
-    mbarrier.arrive(empty.index(gs % STAGES), count=1)
-
-
-@gluon.jit
-def _duo_step(gs, w, acc0, acc20, a_smem, x_smem, empty, STAGES: gl.constexpr, BT: gl.constexpr,
-              EXTRA: gl.constexpr, AL2: gl.constexpr, NB: gl.constexpr):
-    """The program's step gs (not a tile's first) on its decoded weights w: issue its wgmma(s) behind the step
-    before's, wait for that one's (the register set it read is then free for the next decode), release its stage."""
-    st = gs % STAGES
-    acc0 = hopper.warpgroup_mma(w, _stage_rows(a_smem, st, NB, BT), acc0, use_acc=True, is_async=True)
-    if EXTRA:
-        acc20 = hopper.warpgroup_mma(gl.convert_layout(w, AL2), x_smem.index(st).permute((1, 0)), acc20,
-                                     use_acc=True, is_async=True)
-        acc0, acc20 = hopper.warpgroup_mma_wait(2, deps=[acc0, acc20])
-    else:
-        acc0 = hopper.warpgroup_mma_wait(1, deps=[acc0])
-    _duo_release(gs - 1, empty, STAGES)
-    return acc0, acc20
-
-
-@gluon.jit
-def _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start,
-              end, pid_n, N, stride_biase, stride_om, limit, alpha, num_k, GATE_UP: gl.constexpr, BT: gl.constexpr,
-              BX: gl.constexpr, STAGES: gl.constexpr, EXTRA: gl.constexpr, NB: gl.constexpr,
-              ONE_MULTIPLY: gl.constexpr):
-    """The consumers' K loop over the tile (the program's steps g..; [128, NB] and with EXTRA [128, BX] fp32
-    accumulators) and the epilogue(s) of feature tile pid_n of 128. Returns the program's next step."""
-    ACC: gl.constexpr = _acc(NB)
-    ACC2: gl.constexpr = _acc(BX)
-    AL: gl.constexpr = gl.DotOperandLayout(0, ACC, 2)
-    AL2: gl.constexpr = gl.DotOperandLayout(0, ACC2, 2)
-    WL: gl.constexpr = _words()
-    acc0 = gl.zeros([F, NB], gl.float32, ACC)
-    acc20 = gl.zeros([F, BX], gl.float32, ACC2)
-    # step 0, peeled: use_acc=False on a zero accumulator
-    wa = _duo_decode(g, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
-    st = g % STAGES
-    acc0 = hopper.warpgroup_mma(wa, _stage_rows(a_smem, st, NB, BT), acc0, use_acc=False, is_async=True)
-    if EXTRA:
-        acc20 = hopper.warpgroup_mma(gl.convert_layout(wa, AL2), x_smem.index(st).permute((1, 0)), acc20,
-                                     use_acc=False, is_async=True)
-        acc0, acc20 = hopper.warpgroup_mma_wait(2, deps=[acc0, acc20])  # (waits for nothing: the loop's types)
-    else:
-        acc0 = hopper.warpgroup_mma_wait(1, deps=[acc0])
-    # two steps an iteration, the decoded weights alternating between two register sets (wb, wa)
-    for k in range(1, num_k - 1, 2):
-        wb = _duo_decode(g + k, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
-        acc0, acc20 = _duo_step(g + k, wb, acc0, acc20, a_smem, x_smem, empty, STAGES, BT, EXTRA, AL2, NB)
-        wa = _duo_decode(g + k + 1, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
-        acc0, acc20 = _duo_step(g + k + 1, wa, acc0, acc20, a_smem, x_smem, empty, STAGES, BT, EXTRA, AL2, NB)
-    if num_k % 2 == 0:
-        wb = _duo_decode(g + num_k - 1, w_smem, s_smem, ready, STAGES, AL, WL, ONE_MULTIPLY)
-        acc0, acc20 = _duo_step(g + num_k - 1, wb, acc0, acc20, a_smem, x_smem, empty, STAGES, BT, EXTRA, AL2, NB)
-    if EXTRA:
-        acc0, acc20 = hopper.warpgroup_mma_wait(0, deps=[acc0, acc20])
-    else:
-        acc0 = hopper.warpgroup_mma_wait(0, deps=[acc0])
-    _duo_release(g + num_k - 1, empty, STAGES)  # the tile's last stage: the loader may be on the next tile
-    if EXTRA:
-        mh._epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, start + BT, pid_n, N, stride_biase,
-                     stride_om, limit, alpha, a_smem, GATE_UP, BT, F)
-        mh._epilogue(acc20, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start + BT, end, pid_n, N, stride_biase,
-                     stride_om, limit, alpha, a_smem, GATE_UP, BX, F)
-    else:
-        mh._epilogue(acc0, order_ptr, route_w_ptr, bias_ptr, out_ptr, e, start, end, pid_n, N, stride_biase,
-                     stride_om, limit, alpha, a_smem, GATE_UP, NB, F)
-    return g + num_k
-
-
-@gluon.jit
-def _duo_consumers(a_smem, x_smem, w_smem, s_smem, ready, empty, order_ptr, route_w_ptr, bias_ptr, out_ptr,
-                   tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N, stride_biase, stride_om, limit,
-                   alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-                   NARROW: gl.constexpr, ONE_MULTIPLY: gl.constexpr):
-    """The default partition (two warp groups): the program's tiles, each in the shape (overflow rows, narrow)
-    moe_hopper picks for it."""
-    num_k = K // 64
-    g = 0
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
-        pid_m, pid_n, start, end = _duo_item(item, NF, tile_start_ptr, tile_end_ptr)
-        if start < end:
-            e = gl.load(tile_expert_ptr + pid_m).to(gl.int64)
-            rows = end - start
-            if rows > BT:
-                g = _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_w_ptr, bias_ptr,
-                              out_ptr, e, start, end, pid_n, N, stride_biase, stride_om, limit, alpha, num_k, GATE_UP,
-                              BT, BX, STAGES, True, BT, ONE_MULTIPLY)
-            elif NARROW == 2 and rows <= BT // 4:
-                g = _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_w_ptr, bias_ptr,
-                              out_ptr, e, start, end, pid_n, N, stride_biase, stride_om, limit, alpha, num_k, GATE_UP,
-                              BT, BX, STAGES, False, BT // 4, ONE_MULTIPLY)
-            elif NARROW >= 1 and rows <= BT // 2:
-                g = _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_w_ptr, bias_ptr,
-                              out_ptr, e, start, end, pid_n, N, stride_biase, stride_om, limit, alpha, num_k, GATE_UP,
-                              BT, BX, STAGES, False, BT // 2, ONE_MULTIPLY)
-            else:
-                g = _duo_tile(a_smem, x_smem, w_smem, s_smem, ready, empty, g, order_ptr, route_w_ptr, bias_ptr,
-                              out_ptr, e, start, end, pid_n, N, stride_biase, stride_om, limit, alpha, num_k, GATE_UP,
-                              BT, BX, STAGES, False, BT, ONE_MULTIPLY)
-
-
-@gluon.jit
-def _moe_duo_kernel(a_desc, x_desc, w_desc, s_desc, order_ptr, route_w_ptr, bias_ptr, out_ptr,
-                    tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N, stride_biase, stride_om, limit,
-                    alpha, GATE_UP: gl.constexpr, BT: gl.constexpr, BX: gl.constexpr, STAGES: gl.constexpr,
-                    NARROW: gl.constexpr, ONE_MULTIPLY: gl.constexpr, LREGS: gl.constexpr):
-    """moe_hopper._moe_hopper_kernel with 128 output features a tile in two consumer warp groups (the default
-    partition) and a loader warp (LREGS registers a thread). A program takes items pid, pid + grid, ... of the
-    n_items = NF feature tiles x the schedule's tiles (feature tiles first): a grid of n_items is one each, as
-    moe_hopper's; a smaller one is persistent (the loader runs on into a program's next tile while the consumers
-    finish the one before)."""
-    gl.static_assert(gl.num_warps() == 8, "the default partition: two warp groups")
-    a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, 64], a_desc.layout)
-    x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BX, 64], x_desc.layout)
-    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, F, 8], w_desc.layout)
-    s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 1, 2 * F], s_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    gl.warp_specialize([
-        (_duo_consumers, (a_smem, x_smem, w_smem, s_smem, ready, empty, order_ptr, route_w_ptr, bias_ptr, out_ptr,
-                          tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF, K, N, stride_biase, stride_om,
-                          limit, alpha, GATE_UP, BT, BX, STAGES, NARROW, ONE_MULTIPLY)),
-        (_duo_loader, (a_desc, x_desc, w_desc, s_desc, tile_expert_ptr, tile_start_ptr, tile_end_ptr, n_items, NF,
-                       K, N, a_smem, x_smem, w_smem, s_smem, ready, empty, BT, STAGES)),
-    ], [1], [LREGS])
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(i))
-        mbarrier.invalidate(empty.index(i))
 
 
 def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
                   limit, alpha, tile: mh.HopperTile | None = None, stages: int = 4, one_multiply: bool = True,
                   maxnreg: int | None = None, persistent: int = 0):
-    """moe_hopper.moe_mxfp4_hopper (its schedule and tile rows; no clusters) with these kernels; `persistent`:
-    at most that many programs (each then takes several tiles), 0 for one program a tile."""
+    """moe_hopper.moe_mxfp4_hopper (its schedule and tile rows; no clusters) with moe_hopper_duo's kernels;
+    `persistent`: at most that many programs (each then takes several tiles), 0 for one program a tile."""
     N, d, E, two_i, I, A, t, bt, bxk, s, xs, act = grouped(x, idx, gate_up_bias, tile, moe_schedule_fused)
-    narrow = int(os.environ.get("DUO_NARROW", "0")) if t.narrow and bt >= 64 else 0
-    kw = dict(BT=bt, BX=bxk, STAGES=stages, NARROW=narrow, ONE_MULTIPLY=bool(one_multiply), num_warps=8,
-              LREGS=LOADER_REGS)
+    kw = dict(BT=bt, BX=bxk, STAGES=stages, ONE_MULTIPLY=bool(one_multiply), num_warps=8, LREGS=LOADER_REGS)
     if maxnreg:
         kw["maxnreg"] = maxnreg
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as TD
     desc = lambda t_, box, lay: TD.from_tensor(t_, box, lay)  # noqa: E731
     nf = cdiv(two_i, _F)
     items = nf * s.n_tiles
-    _moe_duo_kernel[(min(items, persistent) if persistent else items,)](
+    _moe_hopper_duo_kernel[(min(items, persistent) if persistent else items,)](
         desc(xs, [bt, 64], mh._rows_layout(bt)), desc(xs, [bxk, 64], mh._rows_layout(bxk)),
         desc(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [_F, 8], mh._WORDS),
         desc(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * _F], mh._SCALES),
@@ -293,7 +69,7 @@ def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, 
     route_w = weight.reshape(-1).contiguous()
     nf = cdiv(d, _F)
     items = nf * s.n_tiles
-    _moe_duo_kernel[(min(items, persistent) if persistent else items,)](
+    _moe_hopper_duo_kernel[(min(items, persistent) if persistent else items,)](
         desc(act, [bt, 64], mh._rows_layout(bt)), desc(act, [bxk, 64], mh._rows_layout(bxk)),
         desc(down_blocks.view(torch.int32).view(E * d, I // 8), [_F, 8], mh._WORDS),
         desc(down_scales.view(E * (I // 64), 2 * d), [1, 2 * _F], mh._SCALES),
