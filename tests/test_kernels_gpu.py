@@ -254,10 +254,13 @@ HOPPER_TILES = {"auto": lambda: None, "16": lambda: _htile(16, 0, 4), "16+16": l
 
 
 def skip_without_duo(tile):
+    """Skip the test where `tile` is a duo tile and this Triton has no duo kernels (only 3.7's Gluon)."""
     from gptoss_viz.runtime.kernels.moe_hopper import CLUSTERS
 
     if tile is not None and tile.duo and not CLUSTERS:
         pytest.skip("moe_hopper_duo's kernels need Triton 3.7's Gluon (moe_hopper.CLUSTERS)")
+
+
 HOPPER_CASES = [(2880, 2880, 32, 4, n) for n in (1, 7, 37, 333, 1023)] + [(2880, 2880, 128, 4, 129),
                                                                           (2880, 2880, 128, 4, 1100),
                                                                           (128, 64, 8, 2, 37)]

@@ -105,7 +105,8 @@ def main() -> None:
             for name, st in stats.items():
                 per = st["collections"]
                 row[name] = {
-                    "pause_median_ms": statistics.median(st["pause_ms"]), "b2b_median_ms": statistics.median(st["b2b_ms"]),
+                    "pause_median_ms": statistics.median(st["pause_ms"]),
+                    "b2b_median_ms": statistics.median(st["b2b_ms"]),
                     "collections_a_forward": {g: sum(c.count(g) for c in per) / len(per) for g in (0, 1, 2)},
                     "gc_ms_a_forward_mean": statistics.mean(st["gc_ms"]),
                     "gc_ms_a_forward_max": max(st["gc_ms"]), **st}

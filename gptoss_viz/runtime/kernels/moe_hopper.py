@@ -625,7 +625,7 @@ def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule, cl
     rule's and the cluster rule's choice (hopper_tile, duo_tile, gate_up_cluster: passed in, so that a probe that
     replaces them here is not served a plan of the old ones), or `tile` for both, checked; kept per arguments, a
     few microseconds of host time a layer otherwise."""
-    down_tile = tile or duo_rule(rule(A / E, E), clusters)  # (the duo kernels need the Gluon clusters need: 3.7)
+    down_tile = tile or duo_rule(rule(A / E, E), clusters)  # (the duo kernels need Triton 3.7, as clusters do)
     gate_up_tile = tile or cluster_rule(down_tile, clusters)
     for t in (gate_up_tile, down_tile):
         if t.halves not in (1, 2) or (t.halves == 2 and t.bt < 32):
@@ -722,9 +722,9 @@ SELF_TEST_TOLERANCE = 2e-2  # relative (Frobenius) difference from fp32 maths; b
 def self_test(device: torch.device) -> str | None:
     """moe_mxfp4_hopper on a small random MoE (8 experts, d = I = 512: 8 K steps, so the loop and its stages wrap;
     300 tokens routed unevenly, so that tiles with overflow rows, narrow ones and several to an expert all occur) at
-    every tile hopper_tile and gate_up_cluster pick, and with both decodes at one, against the same MoE in fp32
-    from the dequantized weights. None if every result is finite and within SELF_TEST_TOLERANCE, else what went
-    wrong. For Tritons the kernels were not verified on (trusted)."""
+    every tile hopper_tile, gate_up_cluster and duo_tile pick, and with both decodes at one, against the same MoE in
+    fp32 from the dequantized weights. None if every result is finite and within SELF_TEST_TOLERANCE, else what
+    went wrong. For Tritons the kernels were not verified on (trusted)."""
     from gptoss_viz.runtime.gptoss import swiglu_clamped
     from gptoss_viz.runtime.mxfp4 import mxfp4_dequant, to_hopper_order, to_hopper_scales
 
