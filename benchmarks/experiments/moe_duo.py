@@ -56,25 +56,20 @@ def moe_mxfp4_duo(x, idx, weight, gate_up_blocks, gate_up_scales, gate_up_bias, 
     if maxnreg:
         kw["maxnreg"] = maxnreg
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as TD
-    desc = lambda t_, box, lay: TD.from_tensor(t_, box, lay)  # noqa: E731
-    nf = cdiv(two_i, _F)
-    items = nf * s.n_tiles
-    _moe_hopper_duo_kernel[(min(items, persistent) if persistent else items,)](
-        desc(xs, [bt, 64], mh._rows_layout(bt)), desc(xs, [bxk, 64], mh._rows_layout(bxk)),
-        desc(gate_up_blocks.view(torch.int32).view(E * two_i, d // 8), [_F, 8], mh._WORDS),
-        desc(gate_up_scales.view(E * (d // 64), 2 * two_i), [1, 2 * _F], mh._SCALES),
-        s.order, s.order, gate_up_bias, act, s.tile_expert, s.tile_start, s.tile_end, items, nf, d, two_i,
-        gate_up_bias.stride(0), act.stride(0), float(limit), float(alpha), GATE_UP=True, **kw)
+
+    def launch(rows, blocks, scales, K, N_out, order, route_w, bias, out, gate_up):
+        nf = cdiv(N_out, _F)
+        items = nf * s.n_tiles
+        _moe_hopper_duo_kernel[(min(items, persistent) if persistent else items,)](
+            TD.from_tensor(rows, [bt, 64], mh._rows_layout(bt)), TD.from_tensor(rows, [bxk, 64], mh._rows_layout(bxk)),
+            TD.from_tensor(blocks.view(torch.int32).view(E * N_out, K // 8), [_F, 8], mh._WORDS),
+            TD.from_tensor(scales.view(E * (K // 64), 2 * N_out), [1, 2 * _F], mh._SCALES),
+            order, route_w, bias, out, s.tile_expert, s.tile_start, s.tile_end, items, nf, K, N_out, bias.stride(0),
+            out.stride(0), float(limit) if gate_up else 0.0, float(alpha) if gate_up else 0.0, GATE_UP=gate_up, **kw)
+
+    launch(xs, gate_up_blocks, gate_up_scales, d, two_i, s.order, s.order, gate_up_bias, act, True)
     y = torch.empty(A, d, device=x.device, dtype=x.dtype)
-    route_w = weight.reshape(-1).contiguous()
-    nf = cdiv(d, _F)
-    items = nf * s.n_tiles
-    _moe_hopper_duo_kernel[(min(items, persistent) if persistent else items,)](
-        desc(act, [bt, 64], mh._rows_layout(bt)), desc(act, [bxk, 64], mh._rows_layout(bxk)),
-        desc(down_blocks.view(torch.int32).view(E * d, I // 8), [_F, 8], mh._WORDS),
-        desc(down_scales.view(E * (I // 64), 2 * d), [1, 2 * _F], mh._SCALES),
-        s.order, route_w, down_bias, y, s.tile_expert, s.tile_start, s.tile_end, items, nf, I, d,
-        down_bias.stride(0), y.stride(0), 0.0, 0.0, GATE_UP=False, **kw)
+    launch(act, down_blocks, down_scales, I, d, s.order, weight.reshape(-1).contiguous(), down_bias, y, False)
     return sum_slots(y, N, x.dtype)
 
 
