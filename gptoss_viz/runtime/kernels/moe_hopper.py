@@ -620,7 +620,7 @@ def _tile_launch(t: HopperTile, bxk: int) -> _TileLaunch:
 
 @functools.lru_cache(maxsize=256)
 def _launch_plan(A: int, E: int, tile: HopperTile | None, rule, cluster_rule, clusters: bool,
-                 duo_rule=duo_tile) -> tuple[_TileLaunch, _TileLaunch, int, int, int]:
+                 duo_rule) -> tuple[_TileLaunch, _TileLaunch, int, int, int]:
     """(gate_up's launch, down's launch, bt, bx, bxk) for A assignments over E experts: the tile rule's, the duo
     rule's and the cluster rule's choice (hopper_tile, duo_tile, gate_up_cluster: passed in, so that a probe that
     replaces them here is not served a plan of the old ones), or `tile` for both, checked; kept per arguments, a
@@ -676,7 +676,7 @@ def moe_mxfp4_hopper(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                     ("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
-    g_up, g_down, bt, bx, bxk = _launch_plan(A, E, tile, hopper_tile, gate_up_cluster, CLUSTERS)
+    g_up, g_down, bt, bx, bxk = _launch_plan(A, E, tile, hopper_tile, gate_up_cluster, CLUSTERS, duo_tile)
     # the rows in expert-grouped order, so that a tile's activations are one TMA box of consecutive rows
     if grouping is None:
         s = moe_schedule_fused(idx, E, bt + bx)
