@@ -1,6 +1,6 @@
 """Where the Hopper MoE kernels' time over the dense GEMM of the same FLOPs goes at 1024 tokens (issue 6,
 thirty-first session): one random 20b layer, the product's tiles for 1024 tokens (128+32, gate_up in clusters of
-two) forced for every routing, and four routings of the same 1024 random rows:
+two) forced for every routing, three routings of the same T random rows (1024 by default), and the dense GEMMs:
 
 - "own": the layer's router's choice (~128 +- 11 rows an expert: tiles partly filled, overflow wgmmas);
 - "even": token t to experts 4t .. 4t + 3 (mod 32): exactly 128 rows an expert, one full 128-row tile each, no
