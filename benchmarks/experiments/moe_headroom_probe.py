@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from moe_hopper import header, hopper_layer, launches_ms  # noqa: E402
+from moe_peer import kernel_ms  # noqa: E402
 from moe_variants import routed  # noqa: E402
 
 from gptoss_viz.runtime.kernels import moe_hopper  # noqa: E402
@@ -65,8 +66,7 @@ def main() -> None:
         w2 = torch.randn(d, I, device="cuda", generator=g).to(torch.bfloat16)
         a = torch.randn(A, I, device="cuda", generator=g).to(torch.bfloat16)
         # each GEMM timed by itself, all its launches summed (cuBLAS may add a small one)
-        gemms = (lambda: torch.mm(xs, w1.t()), lambda: torch.mm(a, w2.t()))
-        dense = [sum(ms for _, ms in launches_ms(f)) for f in gemms]
+        dense = [kernel_ms(lambda: torch.mm(xs, w1.t())), kernel_ms(lambda: torch.mm(a, w2.t()))]
         R["rows"].append({"routing": "dense cuBLAS, same shapes", "gate_up_ms": dense[0], "down_ms": dense[1],
                           "tflops": flops / sum(dense) / 1e9})
     for r in R["rows"]:
