@@ -11,7 +11,8 @@ two) forced for every routing, three routings of the same T random rows (1024 by
 
     python benchmarks/experiments/moe_headroom_probe.py OUT.json [TOKENS]
 
-Kernel times by torch.profiler (mean of 5 calls, moe_hopper.launches_ms).
+Kernel times by torch.profiler (mean of 5 calls: launches_ms of benchmarks/moe_hopper.py, not of the kernel module
+that `moe_hopper` names here).
 """
 
 import json
